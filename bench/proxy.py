@@ -1,0 +1,416 @@
+"""Benchmark: our proxy against talking direct, nginx as reverse proxy, and LiteLLM's proxy.
+
+Not a test. Needs nginx and wrk (``apt-get install nginx wrk``); LiteLLM is measured when a
+virtualenv with ``litellm[proxy]`` is found (``--litellm-venv``; ``--install-litellm`` creates
+it), else skipped with a note.
+
+Upstream for the request/response case: nginx answering a static OpenAI chat completion.
+Upstream for the streaming case: a tiny SSE server (this file, ``--sse-upstream``) sending
+``--chunks`` events ``--interval`` seconds apart; we measure time to first chunk and whether
+chunks arrive one by one (coalesced = sent - separate reads on the client).
+
+Everything listens on 127.0.0.1 and stops by itself. The last line is the summary:
+``proxy: X req/s = R% of nginx, N× LiteLLM; +P ms p50 at c=1; C coalesced chunks``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    },
+    separators=(",", ":"),
+)
+REQUEST = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+NGINX_UPSTREAM = """
+worker_processes 1;
+daemon off;
+pid @DIR@/upstream.pid;
+error_log @DIR@/upstream.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:@PORT@;
+    keepalive_requests 1000000;
+    location / {
+      default_type application/json;
+      return 200 '@BODY@';
+    }
+  }
+}
+"""
+
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid @DIR@/proxy.pid;
+error_log @DIR@/proxy.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream static { server 127.0.0.1:@UPSTREAM@; keepalive 64; keepalive_requests 1000000; }
+  upstream sse { server 127.0.0.1:@SSE@; keepalive 64; }
+  server {
+    listen 127.0.0.1:@PORT@;
+    keepalive_requests 1000000;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location /sse/ { proxy_pass http://sse/; proxy_buffering off; }
+    location / { proxy_pass http://static; }
+  }
+}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ok(url: str, deadline: float = 120.0, headers: dict[str, str] | None = None) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+class Processes:
+    """Processes this benchmark started; stopped by pid (and group) at the end."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None):
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def wrk(url: str, connections: int, seconds: float, script: Path) -> Load:
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk failed on {url}: {done.stderr or out}")
+    rps = float(found.group(1))
+
+    def percentile(name: str) -> float:
+        value, unit = re.search(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return Load(rps, percentile("50"), percentile("99"))
+
+
+def wrk_script(path: Path, key: str | None = None) -> Path:
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = '{REQUEST}'",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    if key:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+async def sse_upstream(port: int, chunks: int, interval: float) -> None:
+    """Answer every POST with ``chunks`` SSE events, ``interval`` seconds apart (chunked)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if length:
+                    await reader.readexactly(int(length.group(1)))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                for index in range(chunks):
+                    event = b'data: {"choices":[{"index":0,"delta":{"content":"t%d"}}]}\n\n' % index
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    await writer.drain()
+                    await asyncio.sleep(interval)
+                done = b"data: [DONE]\n\n"
+                writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+@dataclass
+class Streaming:
+    first_chunk_ms: float
+    sent: int
+    received: int  # separate reads that carried events
+
+    @property
+    def coalesced(self) -> int:
+        return self.sent - self.received
+
+
+def measure_stream(url: str, runs: int, chunks: int, model: str) -> Streaming:
+    import aiohttp
+
+    async def run() -> Streaming:
+        firsts: list[float] = []
+        received = sent = 0
+        body = json.loads(REQUEST) | {"model": model, "stream": True}
+        async with aiohttp.ClientSession() as session:
+            for _ in range(runs):
+                started = time.perf_counter()
+                async with session.post(url, json=body) as response:
+                    first = None
+                    async for data in response.content.iter_any():
+                        if first is None:
+                            first = time.perf_counter() - started
+                        if b"data:" in data:
+                            received += 1
+                    sent += chunks + 1  # and [DONE]
+                    firsts.append(first or 0.0)
+        return Streaming(statistics.median(firsts) * 1000, sent, received)
+
+    return asyncio.run(run())
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    parser.add_argument("--litellm-venv", type=Path, default=Path("/tmp/litellm-venv"))
+    parser.add_argument(
+        "--install-litellm", action="store_true", help="create --litellm-venv if missing"
+    )
+    parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument("--interval", type=float, default=0.005)
+    parser.add_argument("--stream-runs", type=int, default=10)
+    parser.add_argument("--sse-upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sse_upstream:
+        asyncio.run(sse_upstream(args.sse_upstream, args.chunks, args.interval))
+        return 0
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is needed: apt-get install nginx wrk", file=sys.stderr)
+            return 2
+    processes = Processes()
+    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
+        try:
+            return run(args, Path(tmp), processes)
+        finally:
+            processes.stop_all()
+
+
+def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
+    ports = {name: free_port() for name in ("upstream", "sse", "nginx", "proxy", "litellm")}
+
+    def nginx(name: str, template: str, **values: object) -> None:
+        text = template.replace("@DIR@", str(tmp))
+        for key, value in values.items():
+            text = text.replace(f"@{key.upper()}@", str(value))
+        conf = tmp / f"nginx-{name}.conf"
+        conf.write_text(text)
+        processes.start(["nginx", "-c", str(conf), "-p", str(tmp)], tmp / f"nginx-{name}.log")
+
+    nginx("upstream", NGINX_UPSTREAM, port=ports["upstream"], body=COMPLETION)
+    nginx("proxy", NGINX_PROXY, port=ports["nginx"], upstream=ports["upstream"], sse=ports["sse"])
+    sse_argv = [sys.executable, __file__, "--sse-upstream", str(ports["sse"])]
+    sse_argv += ["--chunks", str(args.chunks), "--interval", str(args.interval)]
+    processes.start(sse_argv, tmp / "sse.log")
+
+    routes = tmp / "routes.yml"
+    upstream_url = f"http://127.0.0.1:{ports['upstream']}"
+    routes.write_text(
+        "models:\n"
+        f"  m:\n    backends: [{{url: '{upstream_url}', runtime: openai}}]\n"
+        f"  s:\n    backends: [{{url: 'http://127.0.0.1:{ports['sse']}', runtime: openai}}]\n"
+    )
+    proxy_argv = [sys.executable, "-m", "proxy", "--routes", str(routes)]
+    proxy_argv += ["--port", str(ports["proxy"])]
+    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_API_KEYS"}
+    env["PYTHONPATH"] = str(REPO)
+    processes.start(proxy_argv, tmp / "proxy.log", env=env)
+
+    targets = {
+        "direct": f"{upstream_url}/v1/chat/completions",
+        "nginx": f"http://127.0.0.1:{ports['nginx']}/v1/chat/completions",
+        "proxy": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+    }
+    scripts = {name: wrk_script(tmp / "post.lua") for name in targets}
+    litellm_key = "sk-bench"
+    litellm = start_litellm(args, tmp, processes, ports["litellm"], upstream_url, litellm_key)
+    if litellm:
+        targets["litellm"] = f"http://127.0.0.1:{ports['litellm']}/v1/chat/completions"
+        scripts["litellm"] = wrk_script(tmp / "post-litellm.lua", litellm_key)
+    wait_ok(f"{upstream_url}/")
+    wait_ok(f"http://127.0.0.1:{ports['nginx']}/")
+    wait_ok(f"http://127.0.0.1:{ports['proxy']}/health")
+
+    print(f"{'target':<8} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    results: dict[tuple[str, int], Load] = {}
+    for connections in (1, 16):
+        for name, url in targets.items():
+            wrk(url, connections, 1, scripts[name])  # warm up
+            load = wrk(url, connections, args.seconds, scripts[name])
+            results[name, connections] = load
+            print(
+                f"{name:<8} {connections:>3} {load.rps:>10.0f}"
+                f" {load.p50_ms:>8.3f} {load.p99_ms:>8.3f}"
+            )
+
+    stream_targets = {
+        "direct": f"http://127.0.0.1:{ports['sse']}/v1/chat/completions",
+        "nginx": f"http://127.0.0.1:{ports['nginx']}/sse/v1/chat/completions",
+        "proxy": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+    }
+    print(
+        f"\nstreaming: {args.chunks} chunks {args.interval * 1000:g} ms apart,"
+        f" {args.stream_runs} runs"
+    )
+    print(f"{'target':<8} {'first chunk ms':>15} {'sent':>6} {'received':>9} {'coalesced':>10}")
+    streams: dict[str, Streaming] = {}
+    for name, url in stream_targets.items():
+        stream = measure_stream(url, args.stream_runs, args.chunks, "s")
+        streams[name] = stream
+        print(
+            f"{name:<8} {stream.first_chunk_ms:>15.2f} {stream.sent:>6} {stream.received:>9}"
+            f" {stream.coalesced:>10}"
+        )
+
+    ours, nginx16 = results["proxy", 16], results["nginx", 16]
+    added = results["proxy", 1].p50_ms - results["direct", 1].p50_ms
+    if litellm:
+        versus = f"{ours.rps / results['litellm', 16].rps:.0f}× LiteLLM"
+    else:
+        versus = "n/a× LiteLLM (not installed)"
+    print(
+        f"proxy: {ours.rps:.0f} req/s = {100 * ours.rps / nginx16.rps:.0f}% of nginx, {versus}; "
+        f"+{added:.2f} ms p50 at c=1; {streams['proxy'].coalesced} coalesced chunks"
+    )
+    return 0
+
+
+def start_litellm(
+    args: argparse.Namespace,
+    tmp: Path,
+    processes: Processes,
+    port: int,
+    upstream_url: str,
+    key: str,
+) -> bool:
+    venv = args.litellm_venv
+    binary = venv / "bin" / "litellm"
+    if not binary.exists() and args.install_litellm:
+        print(f"installing litellm[proxy] into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"]
+        if subprocess.run(install).returncode != 0:
+            print("note: litellm[proxy] did not install; LiteLLM skipped")
+            return False
+    if not binary.exists():
+        print(f"note: no LiteLLM at {binary} (use --install-litellm); LiteLLM skipped")
+        return False
+    config = tmp / "litellm.yml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: m\n"
+        "    litellm_params:\n"
+        "      model: openai/m\n"
+        f"      api_base: {upstream_url}/v1\n"
+        "      api_key: none\n"
+        "general_settings:\n"
+        f"  master_key: {key}\n"
+    )
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False")
+    argv = [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    processes.start(argv, tmp / "litellm.log", env=env)
+    try:
+        wait_ok(f"http://127.0.0.1:{port}/health/liveliness", deadline=180)
+    except TimeoutError:
+        print("note: LiteLLM did not come up; skipped")
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

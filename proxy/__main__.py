@@ -1,0 +1,39 @@
+"""``python -m proxy --routes FILE --host H --port P``"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .routes import RoutesError
+from .server import UnsafeBind, serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="proxy", description="OpenAI-compatible routing proxy")
+    parser.add_argument("--routes", required=True, help="the routes file (YAML)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen on a non-loopback address even with no API keys configured",
+    )
+    parser.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
+    args = parser.parse_args(argv)
+    try:
+        serve(
+            args.routes,
+            args.host,
+            args.port,
+            allow_unauthenticated=args.allow_unauthenticated,
+            access_log=not args.no_access_log,
+        )
+    except (RoutesError, UnsafeBind) as exc:
+        print(f"proxy: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

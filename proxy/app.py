@@ -1,0 +1,287 @@
+"""The proxy's ASGI app: OpenAI endpoints routed by the body's ``model``, plus /health and /metrics.
+
+The POST endpoints are plain ASGI callables (no Request/Response objects on the hot path); the
+rest are ordinary Starlette endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .access_log import AccessLog
+from .backends import Backend
+from .capabilities import estimate_tokens, fold_system_messages
+from .errors import ProxyError, error_body
+from .health import HealthChecker
+from .metrics import CONTENT_TYPE, Metrics
+from .reload import RoutesWatcher
+from .table import RouteTable, load_table
+from .upstream import ProxiedRequest, Upstream
+
+logger = logging.getLogger("proxy")
+
+PROXIED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+
+
+class Proxy:
+    """Everything one running proxy holds: the live table, the upstream client, the checkers."""
+
+    def __init__(self, routes_path: str | Path, access_log: bool = True) -> None:
+        self.routes_path = Path(routes_path)
+        self.table: RouteTable = load_table(self.routes_path)
+        self.metrics = Metrics(self.backends)
+        self.access_log = AccessLog(enabled=access_log)
+        self.upstream = Upstream(self.metrics, self.access_log)
+        self.health = HealthChecker(
+            self.upstream.client,
+            self.backends,
+            lambda: self.table.routes.health_interval,
+        )
+        self.watcher = RoutesWatcher(self.routes_path, lambda: self.table, self._swap)
+
+    def backends(self) -> list[Backend]:
+        return list(self.table.backends.values())
+
+    def _swap(self, table: RouteTable) -> None:
+        self.table = table
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(self.health.run(), name="proxy-health"),
+            asyncio.create_task(self.watcher.run(), name="proxy-routes-watcher"),
+        ]
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.watcher.reload)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.upstream.close()
+            self.access_log.flush()
+
+
+class ProxyEndpoint:
+    """ASGI endpoint for one OpenAI POST path: check, parse, route, forward."""
+
+    def __init__(self, proxy: Proxy, path: str) -> None:
+        self.proxy = proxy
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        table = self.proxy.table
+        try:
+            if table.keys and not table.keys.allows(_header(scope, b"authorization")):
+                raise _unauthorized()
+            request = _parse(self.path, table, await _read_body(receive, table.max_body_bytes))
+            request.started = started
+        except ProxyError as exc:
+            await exc.send(send)
+            latency = time.perf_counter() - started
+            self.proxy.metrics.observe("", "", exc.status, latency, None)
+            self.proxy.access_log.write(
+                self.path, "", "", exc.status, latency, None, None, exc.message
+            )
+            return
+        await self._forward(request, receive, send)
+
+    async def _forward(self, request: ProxiedRequest, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"finished": False, "disconnected": False}
+
+        def on_message(future: asyncio.Future[Any]) -> None:
+            if future.cancelled() or state["finished"] or future.exception() is not None:
+                return
+            if future.result().get("type") == "http.disconnect":
+                state["disconnected"] = True
+                task.cancel()  # closes the upstream request at once
+
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_message)
+        try:
+            await self.proxy.upstream.forward(request, send)
+        except ProxyError as exc:
+            await exc.send(send)
+            model = request.target.route.name
+            latency = time.perf_counter() - request.started
+            self.proxy.metrics.observe(model, "", exc.status, latency, None)
+            self.proxy.access_log.write(
+                self.path, model, "", exc.status, latency, None, None, exc.message
+            )
+        except asyncio.CancelledError:
+            if not state["disconnected"]:
+                raise
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            model = request.target.route.name
+            latency = time.perf_counter() - request.started
+            self.proxy.access_log.write(
+                self.path, model, "", 499, latency, None, None, "client disconnected"
+            )
+        finally:
+            state["finished"] = True
+            watcher.cancel()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProxyError(400, "the client went away while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _parse(path: str, table: RouteTable, body: bytes) -> ProxiedRequest:
+    if not body:
+        raise ProxyError(400, "the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise ProxyError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProxyError(400, "'model' is required", code="missing_model", param="model")
+    target = table.targets.get(model)
+    if target is None:
+        raise ProxyError(
+            404,
+            f"The model {model!r} does not exist; models here: {table.model_names}",
+            code="model_not_found",
+            param="model",
+        )
+    raw = body
+    capabilities = target.route.capabilities
+    if not capabilities.system_role and isinstance(payload.get("messages"), list):
+        folded = fold_system_messages(payload["messages"])
+        if folded is not None:
+            payload["messages"] = folded
+            raw = json.dumps(payload).encode()
+    if capabilities.max_context is not None:
+        estimate = estimate_tokens(payload)
+        if estimate >= capabilities.max_context:
+            raise ProxyError(
+                400,
+                f"This model's maximum context length is {capabilities.max_context} tokens; "
+                f"the input is about {estimate} tokens (estimated as characters / 4). "
+                "Shorten the input.",
+                code="context_length_exceeded",
+                param="messages" if "messages" in payload else "input",
+            )
+    return ProxiedRequest(path, target, payload, raw, 0.0)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _unauthorized() -> ProxyError:
+    return ProxyError(
+        401,
+        "Incorrect or missing API key; send 'Authorization: Bearer KEY'.",
+        code="invalid_api_key",
+    )
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"the request body is over {limit} bytes", code="request_too_large")
+
+
+def _authorized(proxy: Proxy, request: Request) -> Response | None:
+    keys = proxy.table.keys
+    if keys and not keys.allows(_header(request.scope, b"authorization")):
+        error = _unauthorized()
+        return Response(
+            error_body(error.message, error.type, error.code), 401, media_type="application/json"
+        )
+    return None
+
+
+class ProxyApp:
+    """The ASGI app: the OpenAI POST paths go straight to their endpoint (no router on the hot
+    path); everything else, lifespan included, goes to the Starlette app."""
+
+    def __init__(self, proxy: Proxy, fallback: Starlette) -> None:
+        self.proxy = proxy
+        self.fallback = fallback
+        self.endpoints = {path: ProxyEndpoint(proxy, path) for path in PROXIED_PATHS}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
+
+
+def create_app(routes_path: str | Path, *, access_log: bool = True) -> ProxyApp:
+    """The proxy for the routes file at ``routes_path`` (raises RoutesError if it is wrong)."""
+    proxy = Proxy(routes_path, access_log=access_log)
+
+    async def models(request: Request) -> Response:
+        denied = _authorized(proxy, request)
+        return denied or Response(proxy.table.models_json, media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        report = {}
+        for name in proxy.table.routes.models:
+            backends = proxy.table.targets[name].backends
+            report[name] = {
+                "healthy": sum(1 for backend in backends if backend.healthy),
+                "backends": len(backends),
+            }
+        return JSONResponse({"status": "ok", "models": report})
+
+    async def metrics(request: Request) -> Response:
+        denied = _authorized(proxy, request)
+        return denied or Response(proxy.metrics.render(), media_type=CONTENT_TYPE)
+
+    routes = [
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *(Route(path, ProxyEndpoint(proxy, path), methods=["POST"]) for path in PROXIED_PATHS),
+    ]
+    return ProxyApp(proxy, Starlette(routes=routes, lifespan=proxy.lifespan))

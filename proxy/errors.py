@@ -1,0 +1,49 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import Send
+
+JSON_HEADERS = ((b"content-type", b"application/json"),)
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    ).encode()
+
+
+def error_event(message: str, type_: str = "server_error", code: str | None = None) -> bytes:
+    """The server-sent event that ends a stream which failed after it started."""
+    return b"data: " + error_body(message, type_, code) + b"\n\n"
+
+
+class ProxyError(Exception):
+    """An error answered to the client before any response byte was sent."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+    async def send(self, send: Send) -> None:
+        body = error_body(self.message, self.type, self.code, self.param)
+        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *self.headers]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

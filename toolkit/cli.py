@@ -1,0 +1,194 @@
+"""The ``toolkit`` command: apply, down, facts, history, proxy."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from toolkit.errors import ToolkitError
+from toolkit.resources.base import RunOptions
+
+EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
+
+
+def parse_extra_vars(pairs: tuple[str, ...]) -> dict:
+    extra = {}
+    for pair in pairs:
+        if pair.startswith("{"):
+            extra.update(json.loads(pair))
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="-e")
+        extra[key] = value
+    return extra
+
+
+def common_site_options(func):
+    func = click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False),
+                        help="Inventory file (default: inventory/localhost.yml).")(func)  # fmt: skip
+    func = click.option("-l", "--limit", help="Only hosts matching this pattern.")(func)
+    func = click.option("-e", "--extra-vars", "extra_vars", multiple=True,
+                        help="key=value (or JSON); highest precedence.")(func)  # fmt: skip
+    func = click.option("--json", "json_events", is_flag=True,
+                        help="Print one JSON event a line.")(func)  # fmt: skip
+    func = click.option("--accept-new-host-keys", is_flag=True,
+                        help="Add unknown SSH host keys to known_hosts (changed keys are "
+                        "still refused).")(func)  # fmt: skip
+    return func
+
+
+def load(playbook: str, inventory: str | None, extra_vars: tuple[str, ...]):
+    from toolkit.site import load_site
+
+    return load_site(playbook, inventory, parse_extra_vars(extra_vars))
+
+
+def fail(exc: Exception) -> None:
+    click.echo(click.style(f"error: {exc}", fg="red"), err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group()
+@click.version_option(package_name="toolkit")
+def main() -> None:
+    """Turn machines into verified OpenAI-compatible LLM endpoints."""
+
+
+@main.command()
+@click.argument("playbook", type=click.Path(exists=True, dir_okay=False))
+@common_site_options
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show unified diffs of rendered files.")
+@click.option(
+    "--verify-checksums",
+    is_flag=True,
+    help="Hash every placed model again instead of trusting its size/mtime record.",
+)
+@click.option("-f", "--forks", default=20, show_default=True, help="Hosts worked on at once.")
+def apply(playbook, inventory, limit, extra_vars, json_events, accept_new_host_keys, check, diff,
+          verify_checksums, forks):  # fmt: skip
+    """Converge the hosts of PLAYBOOK. Exit 0: converged; 2: changes pending (--check); 1: error."""
+    from toolkit.engine import Engine
+    from toolkit.report import Reporter, append_history
+
+    try:
+        site = load(playbook, inventory, extra_vars)
+    except ToolkitError as exc:
+        fail(exc)
+    options = RunOptions(
+        check=check, diff=diff, verify_checksums=verify_checksums, forks=forks,
+        host_key_policy="accept-new" if accept_new_host_keys else "strict",
+    )  # fmt: skip
+    reporter = Reporter(json_events)
+    started = time.monotonic()
+    try:
+        results = Engine(site, options, reporter, limit).run()
+    except ToolkitError as exc:
+        fail(exc)
+    seconds = time.monotonic() - started
+    reporter.recap(results, seconds, check)
+    if not check:
+        reporter.endpoints(results)
+    append_history("apply --check" if check else "apply", playbook, results, seconds)
+    if any(r.failed for r in results):
+        sys.exit(EXIT_ERROR)
+    if check and any(r.changed for r in results):
+        sys.exit(EXIT_PENDING)
+
+
+@main.command()
+@click.argument("playbook", type=click.Path(exists=True, dir_okay=False))
+@common_site_options
+def down(playbook, inventory, limit, extra_vars, json_events, accept_new_host_keys):
+    """Stop every service PLAYBOOK's apply started (files and models stay)."""
+    from toolkit.engine import stop_all
+    from toolkit.report import Reporter, append_history
+
+    try:
+        site = load(playbook, inventory, extra_vars)
+    except ToolkitError as exc:
+        fail(exc)
+    options = RunOptions(host_key_policy="accept-new" if accept_new_host_keys else "strict")
+    reporter = Reporter(json_events)
+    started = time.monotonic()
+    results = stop_all(site, reporter, options, limit)
+    for r in results:
+        if not r.failed and not json_events:
+            click.echo(f"{r.host}: stopped")
+    append_history("down", playbook, results, time.monotonic() - started)
+    if any(r.failed for r in results):
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("pattern", default="all")
+@click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--accept-new-host-keys", is_flag=True)
+def facts(pattern, inventory, as_json, accept_new_host_keys):
+    """Print the facts of the hosts matching PATTERN."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.assets import asset_path
+    from toolkit.engine import probe_script, split_probe
+    from toolkit.hosts.connect import connect
+    from toolkit.hosts.facts import parse_facts
+    from toolkit.inventory import load_inventory
+
+    try:
+        inv = load_inventory(inventory or asset_path("inventory/localhost.yml"))
+        hosts = inv.select(pattern)
+    except ToolkitError as exc:
+        fail(exc)
+    policy = "accept-new" if accept_new_host_keys else "strict"
+
+    def gather(host):
+        try:
+            with connect(host, host_key_policy=policy) as conn:
+                out = conn.run(probe_script(host.vars.get("toolkit_data_dir"), [], RunOptions()))
+            return host.name, parse_facts(split_probe(out.stdout)[0]).as_dict()
+        except Exception as exc:  # report per host, go on with the others
+            return host.name, {"error": str(exc)}
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        gathered = dict(pool.map(gather, hosts))
+    if as_json:
+        click.echo(json.dumps(gathered, indent=2))
+        return
+    for name, values in gathered.items():
+        click.echo(click.style(name, bold=True))
+        for key, value in values.items():
+            click.echo(f"  {key:<18} {value}")
+
+
+@main.command()
+@click.option("-n", "--last", default=20, show_default=True)
+def history(last):
+    """List past runs: when, playbook, hosts, changed, failed, duration."""
+    from toolkit.report import read_history
+
+    for entry in read_history(last):
+        click.echo(
+            f"{entry['when']}  {entry['command']:<14} {entry['playbook']:<28} "
+            f"hosts={len(entry['hosts']):<3} changed={entry['changed']:<3} "
+            f"failed={entry['failed']:<3} {entry['seconds']:.1f} s"
+        )
+
+
+@main.command()
+@click.option("--routes", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def proxy(routes, host, port):
+    """Run the OpenAI proxy alone, from a routes file."""
+    import proxy as proxy_package
+
+    proxy_package.serve(routes, host, port)
+
+
+if __name__ == "__main__":
+    main()

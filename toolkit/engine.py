@@ -1,0 +1,274 @@
+"""Plan and apply a Site: hosts in parallel, one batched probe per host, only the changes.
+
+Per host: one probe (facts + the current state of every resource), a plan (each resource says
+what would change), then — unless ``--check`` — the changes in order, the services that must
+(re)start, a wait on their health checks, and one real request through the proxy per model.
+A host that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.desired import HEALTH_CHECK_RELPATH, HostDesign, design_host, health_spec
+from toolkit.errors import ToolkitError
+from toolkit.hosts.connect import connect
+from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable, quote
+from toolkit.hosts.facts import FACTS_SCRIPT, Facts, parse_facts
+from toolkit.hosts.shell import PRELUDE, data_dir_assignment
+from toolkit.inventory import Host
+from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.site import Play, Site
+
+MARK = "@@toolkit@@"
+
+
+@dataclass
+class HostResult:
+    host: str
+    play: str
+    changes: list[Change] = field(default_factory=list)
+    ok: int = 0
+    failed: bool = False
+    unreachable: bool = False
+    error: str = ""
+    verify: dict[str, Any] = field(default_factory=dict)
+    facts: Facts | None = None
+    design: HostDesign | None = None
+    seconds: float = 0.0
+    round_trips: int = 0
+
+    @property
+    def changed(self) -> int:
+        return len(self.changes)
+
+
+def host_vars(site: Site, play: Play, host: Host) -> dict[str, Any]:
+    """Ansible's precedence, low to high: inventory (group, then host) vars, play vars, -e."""
+    return {**host.vars, **play.vars, **site.extra_vars}
+
+
+def probe_script(data_dir: str | None, resources: list[Resource], options: RunOptions) -> str:
+    parts = [PRELUDE, data_dir_assignment(data_dir), FACTS_SCRIPT]
+    for index, resource in enumerate(resources):
+        parts.append(f"echo '{MARK} {index}'")
+        parts.append(f"( {resource.probe(options) or ':'} ) 2>/dev/null")
+    return "\n".join(parts)
+
+
+def split_probe(output: str) -> tuple[str, dict[int, str]]:
+    facts_text, *sections = output.split(MARK + " ")
+    observed = {}
+    for section in sections:
+        index, _, body = section.partition("\n")
+        observed[int(index)] = body.rstrip("\n")
+    return facts_text, observed
+
+
+class FactsCache:
+    """Facts of the last run per host, so the first probe can already read resource state.
+
+    When the facts a design depends on have changed, the host is probed a second time.
+    """
+
+    def __init__(self, root: Path | None = None):
+        state = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        self.root = root or Path(os.environ.get("TOOLKIT_CACHE_DIR") or f"{state}/toolkit")
+
+    def _path(self, host: Host, data_dir: str | None) -> Path:
+        key = f"{host.name}@{host.address}:{host.port}:{data_dir or ''}".replace("/", "_")
+        return self.root / "facts" / f"{key}.json"
+
+    def load(self, host: Host, data_dir: str | None) -> Facts | None:
+        try:
+            raw = json.loads(self._path(host, data_dir).read_text())
+            raw.pop("init_system", None)
+            return Facts(**raw)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save(self, host: Host, data_dir: str | None, facts: Facts) -> None:
+        path = self._path(host, data_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(facts.as_dict()))
+        os.replace(tmp, path)
+
+
+def design_key(facts: Facts) -> tuple:
+    """The facts a host's design depends on."""
+    return (
+        facts.data_dir,
+        facts.init_system,
+        facts.uid == 0,
+        facts.binaries.get("llama-server"),
+        facts.python3,
+    )
+
+
+class Engine:
+    def __init__(self, site: Site, options: RunOptions, reporter, limit: str | None = None):
+        self.site = site
+        self.options = options
+        self.reporter = reporter
+        self.limit = limit
+        self.facts_cache = FactsCache()
+        self.connections: dict[str, Connection] = {}
+
+    def connection(self, host: Host) -> Connection:
+        if host.name not in self.connections:
+            self.connections[host.name] = connect(
+                host,
+                host_key_policy=self.options.host_key_policy,
+                become_password=os.environ.get("TOOLKIT_BECOME_PASSWORD"),
+            )
+        return self.connections[host.name]
+
+    def run(self) -> list[HostResult]:
+        results: list[HostResult] = []
+        try:
+            for play, hosts in self.site.targets(self.limit):
+                self.reporter.play(play, hosts)
+                with ThreadPoolExecutor(max_workers=max(1, self.options.forks)) as pool:
+                    results += list(pool.map(lambda h, p=play: self.run_host(p, h), hosts))
+        finally:
+            for conn in self.connections.values():
+                conn.close()
+        return results
+
+    # -- one host ------------------------------------------------------------------------
+
+    def run_host(self, play: Play, host: Host) -> HostResult:
+        result = HostResult(host.name, play.name)
+        started = time.monotonic()
+        try:
+            conn = self.connection(host)
+            self.converge(play, host, conn, result)
+        except HostUnreachable as exc:
+            result.failed = result.unreachable = True
+            result.error = str(exc)
+        except (ToolkitError, CommandFailed, OSError) as exc:
+            result.failed = True
+            result.error = str(exc)
+        except Exception as exc:  # a bug must not stop the other hosts
+            result.failed = True
+            result.error = f"internal error: {type(exc).__name__}: {exc}"
+        result.seconds = time.monotonic() - started
+        conn = self.connections.get(host.name)
+        result.round_trips = conn.round_trips if conn else 0
+        self.reporter.host_done(result)
+        return result
+
+    def probe(self, conn: Connection, data_dir: str | None, resources: list[Resource]):
+        output = conn.run(probe_script(data_dir, resources, self.options), timeout=3600)
+        if output.rc != 0 and MARK not in output.stdout and not output.stdout.strip():
+            raise CommandFailed("reading facts", output)
+        facts_text, observed = split_probe(output.stdout)
+        return parse_facts(facts_text), observed
+
+    def converge(self, play: Play, host: Host, conn: Connection, result: HostResult) -> None:
+        variables = host_vars(self.site, play, host)
+        data_dir = variables.get("toolkit_data_dir")
+        cached = self.facts_cache.load(host, data_dir)
+        design = design_host(play, host, cached) if cached else None
+        facts, observed = self.probe(conn, data_dir, design.resources if design else [])
+        if design is None or design_key(facts) != design_key(cached):
+            design = design_host(play, host, facts)
+            facts, observed = self.probe(conn, data_dir, design.resources)
+        self.facts_cache.save(host, data_dir, facts)
+        result.facts, result.design = facts, design
+        self.reporter.facts(host.name, facts, design)
+
+        ctx = HostContext(
+            host=host,
+            play=play,
+            conn=conn,
+            facts=facts,
+            data_dir=facts.data_dir,
+            vars=variables,
+            options=self.options,
+            resolved=design.resolved,
+            progress=lambda label: self.reporter.progress(host.name, label),
+        )
+        pending: set[str] = set()
+        for index, resource in enumerate(design.resources):
+            change = resource.plan(observed.get(index, ""), ctx, pending)
+            if change is None:
+                result.ok += 1
+            else:
+                pending.add(resource.id)
+                result.changes.append(change)
+                self.reporter.change(host.name, change, planned=self.options.check)
+        if self.options.check:
+            return
+        if result.changes:
+            ctx.sh('mkdir -p "$TK_DATA"', "creating the data dir")
+        for change in result.changes:
+            self.reporter.step(host.name, change)
+            change.resource.apply(change, ctx)
+        self.verify(ctx, design, result)
+
+    def verify(self, ctx: HostContext, design: HostDesign, result: HostResult) -> None:
+        """Wait on every service's health check, then one chat request per model via the proxy."""
+        spec = health_spec(design, verify=True)
+        python = ctx.path("venv/bin/python")
+        self.reporter.step_text(ctx.host.name, "waiting for services to be healthy, then verifying")
+        out = ctx.conn.run(
+            f"{quote(python)} {quote(ctx.path(HEALTH_CHECK_RELPATH))} {quote(spec)}", timeout=900
+        )
+        try:
+            report = json.loads(out.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise CommandFailed("health check", out) from None
+        result.verify = report.get("verify", {})
+        unhealthy = {url: code for url, code in report.get("health", {}).items() if code != 200}
+        if unhealthy:
+            names = {s.health_url: s.name for s in design.services}
+            detail = ", ".join(
+                f"{names.get(u, u)} ({code or 'no answer'})" for u, code in unhealthy.items()
+            )
+            raise ToolkitError(f"not healthy after 300 s: {detail}; see logs in {ctx.path('logs')}")
+        errors = {m: v["error"] for m, v in result.verify.items() if "error" in v}
+        if errors:
+            raise ToolkitError(
+                "verification request failed: " + "; ".join(f"{m}: {e}" for m, e in errors.items())
+            )
+
+
+def stop_all(
+    site: Site, reporter, options: RunOptions, limit: str | None = None
+) -> list[HostResult]:
+    """``toolkit down``: stop every service a play started on its hosts."""
+    engine = Engine(site, options, reporter, limit)
+    results = []
+    try:
+        for play, hosts in site.targets(limit):
+            reporter.play(play, hosts)
+            for host in hosts:
+                result = HostResult(host.name, play.name)
+                try:
+                    conn = engine.connection(host)
+                    data_dir = host_vars(site, play, host).get("toolkit_data_dir")
+                    facts, _ = engine.probe(conn, data_dir, [])
+                    design = design_host(play, host, facts)
+                    script = design.manager.stop_script(design.services)
+                    conn.check(
+                        f"{PRELUDE}\n{data_dir_assignment(data_dir)}\n{script}",
+                        f"stopping services with {design.manager.name}",
+                        timeout=120,
+                    )
+                except (ToolkitError, CommandFailed, OSError) as exc:
+                    result.failed = True
+                    result.error = str(exc)
+                reporter.host_done(result)
+                results.append(result)
+    finally:
+        for conn in engine.connections.values():
+            conn.close()
+    return results

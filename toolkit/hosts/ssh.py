@@ -1,0 +1,498 @@
+"""SSHConnection: one SSH connection per host for the whole run, with paramiko.
+
+The connection opens on first use and every run(), put() and get() shares it: each run() is one
+exec channel (one round trip), files move over one SFTP session. Host keys are checked against a
+known_hosts file; a connection that cannot be made raises HostUnreachable with a one-line reason.
+
+Privileged commands go through sudo. Without a password: ``sudo -n``. With one, sudo reads it
+from stdin (``sudo -S``) behind a random prompt, and the command first prints a random marker:
+the password is sent only when sudo prints that prompt, and the caller's stdin only after the
+marker, so the password never reaches the command even when sudo needs none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import posixpath
+import re
+import secrets
+import select
+import socket
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+
+from toolkit.hosts.connection import Connection, HostUnreachable, Result, quote
+
+HOST_KEY_POLICIES = ("strict", "accept-new")
+TIMEOUT_RC = 124  # rc of a run() that outlived its timeout, as timeout(1) reports it
+SIGNALLED_RC = 255  # rc of a command that ended without an exit status (killed), as ssh(1) says
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CHUNK = 32768
+_known_hosts_lock = threading.Lock()  # accept-new appends from many host threads
+
+
+class HostKeyRejected(HostUnreachable):
+    """The host's key is not in known_hosts (strict policy) or differs from the known one."""
+
+
+def parse_host_spec(spec: str) -> tuple[str | None, str, int | None]:
+    """``[ssh://][user@]host[:port]`` (``[v6addr]:port`` too) -> (user, host, port)."""
+    text = spec.strip().removeprefix("ssh://")
+    user, at, rest = text.rpartition("@")
+    if not at:
+        user, rest = "", text
+    port: int | None = None
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", rest) or re.fullmatch(
+        r"([^:]+)(?::(\d+))?", rest
+    )
+    if match:
+        rest = match.group(1)
+        port = int(match.group(2)) if match.group(2) else None
+    if not rest or (port is not None and not 0 < port < 65536):
+        raise ValueError(f'"{spec}" is not a [user@]host[:port] host')
+    return user or None, rest, port
+
+
+class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """What to do with a host whose key type is not in known_hosts at all."""
+
+    def __init__(self, policy: str, known_hosts: Path, label: str):
+        self.policy = policy
+        self.known_hosts = known_hosts
+        self.label = label
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        if self.policy != "accept-new":
+            raise HostKeyRejected(
+                f"{self.label}: host key of {hostname} is unknown (not in {self.known_hosts}); "
+                f"check it and add it (ssh-keyscan), or use host key policy accept-new"
+            )
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        with _known_hosts_lock:
+            self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+
+class SSHConnection(Connection):
+    """A host reached over SSH. Opened lazily; one connection for every call."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        port: int = 22,
+        user: str | None = None,
+        key_file: str | Path | None = None,
+        jump: str | None = None,
+        become: bool = False,
+        become_password: str | None = None,
+        host_key_policy: str = "strict",
+        known_hosts: str | Path | None = None,
+        connect_timeout: float = 10.0,
+    ):
+        if host_key_policy not in HOST_KEY_POLICIES:
+            raise ValueError(f"host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}")
+        self.name = name
+        self.address = address
+        self.port = int(port)
+        self.user = user or getpass.getuser()
+        self.key_file = Path(key_file).expanduser() if key_file else None
+        self.jump = jump
+        self.become_default = become
+        self._become_password = become_password
+        self.host_key_policy = host_key_policy
+        self.known_hosts = Path(known_hosts or "~/.ssh/known_hosts").expanduser()
+        self.connect_timeout = connect_timeout
+        self.round_trips = 0
+        self._lock = threading.Lock()  # opening, closing, counting
+        self._sftp_lock = threading.Lock()
+        self._client: paramiko.SSHClient | None = None
+        self._jump_client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._home: str | None = None
+
+    def __repr__(self) -> str:
+        via = f" via {self.jump}" if self.jump else ""
+        return f"<SSHConnection {self.name} {self.user}@{self.address}:{self.port}{via}>"
+
+    # -- commands ------------------------------------------------------------------------
+
+    def run(
+        self,
+        script: str,
+        *,
+        stdin: bytes | None = None,
+        become: bool = False,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Result:
+        """Run ``script`` with /bin/sh on the host; never raises for a non-zero exit.
+
+        A run that outlives ``timeout`` seconds is abandoned and returns rc 124.
+        """
+        script = _with_env(script, env or {})
+        sudo = (become or self.become_default) and self.user != "root"
+        command = _Command(script, sudo, self._become_password if sudo else None, timeout)
+
+        client = self._connected()
+        with self._lock:
+            self.round_trips += 1
+        try:
+            channel = client.get_transport().open_session(timeout=self.connect_timeout)
+            channel.exec_command(command.line)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostUnreachable(f"{self._label()}: cannot start a command: {exc}") from None
+        exchange = _Exchange(channel, stdin or b"", command)
+        try:
+            result = exchange.run(timeout, self._label())
+        finally:
+            channel.close()
+        if exchange.timed_out and exchange.remote_pid:
+            # End what the command started: its login shell leads its own process group.
+            self.run(f"kill -TERM -{exchange.remote_pid} 2>/dev/null; true", become=sudo)
+        return result
+
+    # -- files ---------------------------------------------------------------------------
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy ``local`` to ``remote``: upload beside it under a temporary name, then rename."""
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            path = self._expand(remote)
+            parent, name = posixpath.split(path)
+            self._makedirs(sftp, parent or ".")
+            tmp = posixpath.join(parent, f".{name}.toolkit-{secrets.token_hex(6)}.tmp")
+            try:
+                sftp.put(str(local), tmp, confirm=True)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+            except BaseException as exc:
+                with contextlib.suppress(OSError, paramiko.SSHException):
+                    sftp.remove(tmp)
+                if isinstance(exc, OSError):
+                    raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
+                raise
+
+    def get(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` to ``local`` (written under a temporary name, then renamed)."""
+        local = Path(local)
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            path = self._expand(remote)
+            fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.")
+            os.close(fd)
+            try:
+                sftp.get(path, tmp)
+                os.replace(tmp, local)
+            except BaseException as exc:
+                Path(tmp).unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    raise OSError(exc.errno, f"{self.name}: cannot get {remote}: {exc}") from exc
+                raise
+
+    def _expand(self, remote: str) -> str:
+        """``~`` and ``~/x`` -> the remote home; other paths unchanged."""
+        if remote == "~" or remote.startswith("~/"):
+            return self._home_dir() + remote[1:]
+        return remote
+
+    def _home_dir(self) -> str:
+        if self._home is None:
+            self._home = self._sftp_client().normalize(".")
+        return self._home
+
+    @staticmethod
+    def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
+        missing = []
+        current = directory
+        while current not in ("", "/", "."):
+            try:
+                if not stat.S_ISDIR(sftp.stat(current).st_mode or 0):
+                    raise NotADirectoryError(f"{current} is not a directory")
+                break
+            except FileNotFoundError:
+                missing.append(current)
+                current = posixpath.dirname(current)
+        for path in reversed(missing):
+            try:
+                sftp.mkdir(path, 0o755)
+            except OSError:
+                if not stat.S_ISDIR(sftp.stat(path).st_mode or 0):  # lost a race: fine if dir
+                    raise
+
+    # -- the connection ------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_clients()
+
+    def _close_clients(self) -> None:
+        for closable in (self._sftp, self._client, self._jump_client):
+            if closable is not None:
+                with contextlib.suppress(Exception):
+                    closable.close()
+        self._sftp = self._client = self._jump_client = None
+        self._home = None
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        client = self._connected()
+        with self._lock:
+            if self._sftp is None:
+                try:
+                    self._sftp = client.open_sftp()
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise HostUnreachable(f"{self._label()}: cannot start SFTP: {exc}") from None
+            return self._sftp
+
+    def _connected(self) -> paramiko.SSHClient:
+        """The open connection; opened now if it is not (or is no longer) open."""
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if transport is not None and transport.is_active():
+                return self._client
+            self._close_clients()
+            sock = None
+            if self.jump:
+                jump_user, jump_host, jump_port = parse_host_spec(self.jump)
+                self._jump_client = self._login(jump_host, jump_port or 22, jump_user or self.user)
+                try:
+                    sock = self._jump_client.get_transport().open_channel(
+                        "direct-tcpip",
+                        (self.address, self.port),
+                        ("127.0.0.1", 0),
+                        timeout=self.connect_timeout,
+                    )
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    self._close_clients()
+                    raise HostUnreachable(
+                        f"{self._label()}: jump host {self.jump} cannot reach it: {exc}"
+                    ) from None
+            try:
+                self._client = self._login(self.address, self.port, self.user, sock)
+            except BaseException:
+                self._close_clients()
+                raise
+            self._client.get_transport().set_keepalive(30)
+            return self._client
+
+    def _login(
+        self, address: str, port: int, user: str, sock: paramiko.Channel | None = None
+    ) -> paramiko.SSHClient:
+        label = f"{self.name} ({user}@{address}:{port})"
+        if self.key_file is not None and not self.key_file.is_file():
+            raise HostUnreachable(f"{label}: key file {self.key_file} does not exist")
+        client = paramiko.SSHClient()
+        if self.known_hosts.is_file():
+            client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(
+            _KnownHostsPolicy(self.host_key_policy, self.known_hosts, label)
+        )
+        try:
+            if sock is None:
+                sock = socket.create_connection((address, port), timeout=self.connect_timeout)
+            client.connect(
+                address,
+                port,
+                username=user,
+                key_filename=str(self.key_file) if self.key_file else None,
+                look_for_keys=self.key_file is None,
+                allow_agent=True,
+                timeout=2 * self.connect_timeout,  # the whole handshake, banner included
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                channel_timeout=self.connect_timeout,
+                sock=sock,
+            )
+            return client
+        except HostKeyRejected:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyRejected(
+                f"{label}: host key has CHANGED since it was recorded in {self.known_hosts} "
+                f"(now {exc.key.get_name()} {exc.key.fingerprint}); refusing to connect"
+            ) from None
+        except Exception as exc:
+            # A failure in paramiko's transport thread (e.g. no banner) surfaces later as a
+            # vaguer error; report the original one.
+            transport = client.get_transport()
+            cause = getattr(transport, "saved_exception", None) or exc
+            client.close()
+            if sock is not None:
+                sock.close()
+            raise HostUnreachable(f"{label}: {_reason(cause, self.connect_timeout)}") from None
+
+    def _label(self) -> str:
+        return f"{self.name} ({self.user}@{self.address}:{self.port})"
+
+
+def _reason(exc: Exception, timeout: float) -> str:
+    """One line saying why a connection failed."""
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"authentication failed ({exc})"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host name ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is sshd running on that port?)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"timed out after {timeout:g}s"
+    if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
+        return f"no SSH banner within {timeout:g}s (not an SSH server?)"
+    if isinstance(exc, paramiko.SSHException) and "no existing session" in str(exc).lower():
+        return f"SSH handshake did not finish within {2 * timeout:g}s"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _with_env(script: str, env: dict[str, str]) -> str:
+    for key in env:
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"invalid environment variable name {key!r}")
+    return "".join(f"export {key}={quote(value)}\n" for key, value in env.items()) + script
+
+
+class _Command:
+    """The command line for one run(), and the random markers it prints on stderr.
+
+    - plain:            /bin/sh -c SCRIPT
+    - sudo, no password: sudo -n -- /bin/sh -c SCRIPT
+    - sudo, password:   sudo -S -p PROMPT -- /bin/sh -c 'printf READY >&2; exec /bin/sh -c "$1"'
+                        sh SCRIPT  (the password is sent on PROMPT, stdin only after READY)
+    - with a timeout, the login shell first prints its pid (PID_MARK<pid>), which leads the
+      command's process group, so that a command that overstays can be ended.
+    """
+
+    def __init__(self, script: str, sudo: bool, password: str | None, timeout: float | None):
+        self.password = password
+        self.prompt = f"toolkit-sudo-{secrets.token_hex(8)}:"
+        self.ready = f"toolkit-ready-{secrets.token_hex(8)}"
+        self.pid_mark = f"toolkit-pid-{secrets.token_hex(8)}:" if timeout is not None else None
+        if not sudo:
+            line = f"/bin/sh -c {quote(script)}"
+        elif password is None:
+            line = f"sudo -n -- /bin/sh -c {quote(script)}"
+        else:
+            announce = f'printf "%s\\n" {self.ready} >&2; exec /bin/sh -c "$1"'
+            line = (
+                f"sudo -S -p {quote(self.prompt)} -- "
+                f"/bin/sh -c {quote(announce)} sh {quote(script)}"
+            )
+        if self.pid_mark:
+            line = f'printf "%s%s\\n" {self.pid_mark} "$$" >&2; {line}'
+        self.line = line
+
+
+class _Exchange:
+    """Feeds stdin to one exec channel and collects its output, answering sudo's prompt."""
+
+    def __init__(self, channel: paramiko.Channel, stdin: bytes, command: _Command):
+        self.channel = channel
+        self.pending = memoryview(stdin)
+        self.password = command.password
+        self.prompt = command.prompt.encode()
+        self.ready = command.ready.encode()
+        self.pid_pattern = (
+            re.compile(re.escape(command.pid_mark.encode()) + rb"(\d+)\n")
+            if command.pid_mark
+            else None
+        )
+        self.remote_pid: int | None = None
+        self.timed_out = False
+        self.waiting_for_sudo = command.password is not None
+        self.password_sent = False
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+
+    def run(self, timeout: float | None, label: str) -> Result:
+        channel = self.channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.waiting_for_sudo and not self.pending:
+            channel.shutdown_write()
+        while True:
+            while channel.recv_ready():
+                self.stdout += channel.recv(_CHUNK)
+            while channel.recv_stderr_ready():
+                self.stderr += channel.recv_stderr(_CHUNK)
+            if self.pid_pattern and self.remote_pid is None:
+                self._find_pid()
+            if self.waiting_for_sudo:
+                self._answer_sudo()
+            elif self.pending:
+                self._send_some()
+            if (channel.eof_received or channel.closed) and not (
+                channel.recv_ready() or channel.recv_stderr_ready()
+            ):
+                break
+            wait = 1.0
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    self.timed_out = True
+                    return self._result(TIMEOUT_RC, f"\ntoolkit: timed out after {timeout:g}s\n")
+            if self.pending and not self.waiting_for_sudo:
+                wait = min(wait, 0.01)  # the send window may reopen without anything to read
+            select.select([channel], [], [], min(wait, 1.0))
+        channel.status_event.wait(timeout=30)
+        if channel.exit_status >= 0:
+            return self._result(channel.exit_status)
+        if not channel.get_transport().is_active():
+            raise HostUnreachable(f"{label}: connection lost while a command ran")
+        # sshd reports a command killed by a signal with exit-signal, which paramiko ignores
+        return self._result(SIGNALLED_RC, "\ntoolkit: the command ended without an exit status\n")
+
+    def _find_pid(self) -> None:
+        assert self.pid_pattern is not None
+        match = self.pid_pattern.search(self.stderr)
+        if match:
+            self.remote_pid = int(match.group(1))
+            del self.stderr[match.start() : match.end()]
+
+    def _answer_sudo(self) -> None:
+        if self.ready in self.stderr:
+            # Everything before the marker is sudo's own (prompt, lecture): not the command's.
+            end = self.stderr.index(self.ready) + len(self.ready)
+            if self.stderr[end : end + 1] == b"\n":
+                end += 1
+            del self.stderr[:end]
+            self.waiting_for_sudo = False
+            if not self.pending:
+                self.channel.shutdown_write()
+        elif self.prompt in self.stderr:
+            if self.password_sent:  # asked again: the password is wrong; let sudo give up
+                self.channel.shutdown_write()
+                self.waiting_for_sudo = False
+                self.pending = memoryview(b"")
+            else:
+                assert self.password is not None
+                self.channel.sendall((self.password + "\n").encode())
+                self.password_sent = True
+                del self.stderr[: self.stderr.index(self.prompt) + len(self.prompt)]
+
+    def _send_some(self) -> None:
+        if not self.channel.send_ready():
+            return
+        try:
+            sent = self.channel.send(self.pending[:_CHUNK])
+        except OSError:  # the command exited without reading all of stdin
+            sent = len(self.pending)
+        self.pending = self.pending[sent:]
+        if not self.pending:
+            with contextlib.suppress(OSError):
+                self.channel.shutdown_write()
+
+    def _result(self, rc: int, note: str = "") -> Result:
+        stderr = self.stderr.replace(self.prompt, b"").decode(errors="replace") + note
+        return Result(rc, self.stdout.decode(errors="replace"), stderr)

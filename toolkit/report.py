@@ -1,0 +1,207 @@
+"""What a run prints: a live line per host and step, the recap, and the run history.
+
+Console output looks like Ansible's (colour on a TTY); ``--json`` prints one JSON event a line
+instead. Every run is appended to ``$XDG_STATE_HOME/toolkit/history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from toolkit.hosts.facts import Facts
+
+
+def _gib(kb: int) -> str:
+    return f"{kb / 1024 / 1024:.1f} GiB"
+
+
+class Reporter:
+    def __init__(self, json_events: bool = False, stream=None):
+        self.json = json_events
+        self.stream = stream or sys.stdout
+        self.color = not json_events and self.stream.isatty()
+        self.lock = threading.Lock()
+
+    # -- output primitives ----------------------------------------------------------------
+
+    def _echo(self, text: str = "", fg: str | None = None, bold: bool = False) -> None:
+        with self.lock:
+            click.echo(
+                click.style(text, fg=fg, bold=bold) if self.color else text, file=self.stream
+            )
+
+    def _event(self, kind: str, **fields) -> None:
+        with self.lock:
+            self.stream.write(json.dumps({"event": kind, "time": time.time(), **fields}) + "\n")
+            self.stream.flush()
+
+    # -- engine callbacks --------------------------------------------------------------------
+
+    def play(self, play, hosts) -> None:
+        if self.json:
+            self._event("play", play=play.name, hosts=[h.name for h in hosts])
+            return
+        title = f"PLAY [{play.name}] "
+        self._echo(title + "*" * max(3, 72 - len(title)), bold=True)
+
+    def facts(self, host: str, facts: Facts, design) -> None:
+        if self.json:
+            self._event("facts", host=host, facts=facts.as_dict())
+            return
+        gpus = ", ".join(facts.gpus) or "no GPU"
+        distro = f"{facts.distro} {facts.distro_version}".strip() or facts.os
+        runtime = design.resolved.get("llamacpp", "-")
+        self._echo(
+            f"{host}: {distro} {facts.arch}, {facts.cpus} CPUs, {_gib(facts.mem_kb)} RAM, "
+            f"{gpus}; services: {design.manager.name}; llama.cpp: {runtime}; "
+            f"data: {facts.data_dir}"
+        )
+
+    def change(self, host: str, change, planned: bool) -> None:
+        if self.json:
+            self._event("change", host=host, resource=change.resource.id, summary=change.summary,
+                        planned=planned, diff=change.diff)  # fmt: skip
+            return
+        word = "would change" if planned else "change"
+        self._echo(f"{host}: {word:>12}  {change.resource.id}: {change.summary}", fg="yellow")
+        if change.diff:
+            with self.lock:
+                for line in change.diff.splitlines():
+                    colour = {"+": "green", "-": "red", "@": "cyan"}.get(line[:1])
+                    click.echo(
+                        click.style(line, fg=colour) if self.color else line, file=self.stream
+                    )
+
+    def step(self, host: str, change) -> None:
+        if self.json:
+            self._event("apply", host=host, resource=change.resource.id, summary=change.summary)
+        else:
+            self._echo(f"{host}: {'applying':>12}  {change.resource.id}")
+
+    def step_text(self, host: str, text: str) -> None:
+        if self.json:
+            self._event("step", host=host, text=text)
+        else:
+            self._echo(f"{host}: {'':>12}  {text}")
+
+    def progress(self, host: str, label: str):
+        """A callback for long transfers: prints at most every 10% (or every 5 s)."""
+        state = {"shown": -1, "at": 0.0}
+
+        def update(done: int, total: int | None) -> None:
+            now = time.monotonic()
+            step = int(done * 10 / total) if total else -1
+            if step == state["shown"] and now - state["at"] < 5:
+                return
+            state["shown"], state["at"] = step, now
+            if self.json:
+                self._event("progress", host=host, label=label, done=done, total=total)
+            else:
+                of = f" of {total / 1e6:.0f} MB ({done * 100 // total}%)" if total else ""
+                self._echo(f"{host}: {'':>12}  {label}: {done / 1e6:.0f} MB{of}")
+
+        return update
+
+    def host_done(self, result) -> None:
+        if self.json:
+            self._event("host", host=result.host, changed=result.changed, ok=result.ok,
+                        failed=result.failed, unreachable=result.unreachable,
+                        error=result.error, verify=result.verify,
+                        seconds=round(result.seconds, 3))  # fmt: skip
+            return
+        if result.failed:
+            word = "UNREACHABLE" if result.unreachable else "FAILED"
+            self._echo(f"{result.host}: {word}: {result.error}", fg="red", bold=True)
+            return
+        for model, check in result.verify.items():
+            self._echo(
+                f"{result.host}: {'verified':>12}  {model}: answered in {check['latency_s']:.2f} s, "
+                f"{check['tokens']} tokens, {check['tokens_per_s']} tokens/s",
+                fg="green",
+            )
+
+    # -- end of run ----------------------------------------------------------------------------
+
+    def recap(self, results, seconds: float, check: bool) -> None:
+        if self.json:
+            self._event("recap", seconds=round(seconds, 3), check=check, hosts=[
+                {"host": r.host, "ok": r.ok, "changed": r.changed, "failed": int(r.failed)}
+                for r in results
+            ])  # fmt: skip
+            return
+        self._echo()
+        self._echo("PLAY RECAP " + "*" * 61, bold=True)
+        for r in results:
+            colour = "red" if r.failed else "yellow" if r.changed else "green"
+            changed = "would change" if check else "changed"
+            self._echo(
+                f"{r.host:<24} ok={r.ok:<4} {changed}={r.changed:<4} failed={int(r.failed):<3} "
+                f"unreachable={int(r.unreachable):<3} {r.seconds:6.1f} s",
+                fg=colour,
+            )
+            for model, v in r.verify.items():
+                if "latency_s" in v:
+                    self._echo(
+                        f"{'':<24} {model}: chat {v['latency_s'] * 1000:.0f} ms, "
+                        f"{v['tokens_per_s']} tokens/s"
+                    )
+        self._echo(f"\n{len(results)} host(s) in {seconds:.1f} s")
+
+    def endpoints(self, results) -> None:
+        if self.json:
+            return
+        for r in results:
+            if (
+                r.failed
+                or r.design is None
+                or r.design.proxy_port is None
+                or not r.design.endpoints
+            ):
+                continue
+            host = r.facts.hostname if r.host in ("localhost", "127.0.0.1") else r.host
+            address = "127.0.0.1" if r.host in ("localhost", "127.0.0.1") else host
+            base = f"http://{address}:{r.design.proxy_port}/v1"
+            model = r.design.endpoints[0].model.name
+            self._echo(f"\nEndpoint on {r.host}: {base}  (models: "
+                       + ", ".join(e.model.name for e in r.design.endpoints) + ")", bold=True)  # fmt: skip
+            self._echo(
+                f"  curl {base}/completions -H 'Content-Type: application/json' \\\n"
+                f'    -d \'{{"model": "{model}", "prompt": "The capital of France is", '
+                f'"max_tokens": 16}}\''
+            )
+
+
+def history_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(os.environ.get("TOOLKIT_STATE_DIR") or f"{state}/toolkit") / "history.jsonl"
+
+
+def append_history(command: str, playbook: str, results, seconds: float) -> None:
+    entry = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+        "playbook": playbook,
+        "hosts": [r.host for r in results],
+        "changed": sum(r.changed for r in results),
+        "failed": sum(int(r.failed) for r in results),
+        "seconds": round(seconds, 2),
+    }
+    path = history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
+def read_history(limit: int = 20) -> list[dict]:
+    try:
+        lines = history_path().read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines[-limit:] if line.strip()]

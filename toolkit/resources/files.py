@@ -1,0 +1,79 @@
+"""Files toolkit owns on a host: rendered templates and copied scripts, compared by sha256."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Callable
+
+from toolkit.hosts.connection import quote
+from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+
+
+class File(Resource):
+    """A file under the data dir whose content is computed from the host's context."""
+
+    def __init__(self, relpath: str, content: Callable[[HostContext], bytes], mode: int = 0o644):
+        self.relpath = relpath
+        self.id = f"file:{relpath}"
+        self.content = content
+        self.mode = mode
+
+    def probe(self, options: RunOptions) -> str:
+        path = f'"$TK_DATA"/{quote(self.relpath)}'
+        snippet = f"tk_sha {path}"
+        if options.diff:
+            snippet += f"; echo; cat {path} 2>/dev/null"
+        return snippet
+
+    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        wanted = self.content(ctx)
+        current_sha, _, current_text = observed.partition("\n")
+        if current_sha.strip() == hashlib.sha256(wanted).hexdigest():
+            return None
+        summary = "update" if current_sha.strip() else "create"
+        diff = ""
+        if ctx.options.diff:
+            diff = "".join(
+                difflib.unified_diff(
+                    current_text.splitlines(keepends=True) if current_sha.strip() else [],
+                    wanted.decode(errors="replace").splitlines(keepends=True),
+                    fromfile=f"{ctx.path(self.relpath)} (current)",
+                    tofile=f"{ctx.path(self.relpath)} (wanted)",
+                )
+            )
+        return Change(self, summary, diff, data=wanted)
+
+    def apply(self, change: Change, ctx: HostContext) -> None:
+        ctx.conn.put_bytes(change.data, ctx.path(self.relpath), self.mode)
+
+
+class Tree(Resource):
+    """A folder of files copied as they are (e.g. the proxy's code): one resource, one line."""
+
+    def __init__(self, relpath: str, files: dict[str, bytes], mode: int = 0o644):
+        self.relpath = relpath
+        self.id = f"tree:{relpath}"
+        self.files = files  # name -> content
+        self.mode = mode
+
+    def probe(self, options: RunOptions) -> str:
+        return "; ".join(
+            f'printf "%s %s\\n" {quote(name)} "$(tk_sha "$TK_DATA"/{quote(self.relpath + "/" + name)})"'
+            for name in sorted(self.files)
+        )
+
+    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        current = dict(line.split(" ", 1) for line in observed.splitlines() if " " in line)
+        stale = [
+            name
+            for name, content in sorted(self.files.items())
+            if current.get(name, "").strip() != hashlib.sha256(content).hexdigest()
+        ]
+        if not stale:
+            return None
+        return Change(self, f"copy {len(stale)} of {len(self.files)} files", data=stale)
+
+    def apply(self, change: Change, ctx: HostContext) -> None:
+        for name in change.data:
+            ctx.conn.put_bytes(self.files[name], ctx.path(f"{self.relpath}/{name}"), self.mode)

