@@ -106,43 +106,58 @@ class ProxyEndpoint:
         await self._forward(request, receive, send)
 
     async def _forward(self, request: ProxiedRequest, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        state = {"finished": False, "disconnected": False}
-
-        def on_message(future: asyncio.Future[Any]) -> None:
-            if future.cancelled() or state["finished"] or future.exception() is not None:
-                return
-            if future.result().get("type") == "http.disconnect":
-                state["disconnected"] = True
-                task.cancel()  # closes the upstream request at once
-
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_message)
+        watch = DisconnectWatch(receive)
+        model = request.target.route.name
         try:
             await self.proxy.upstream.forward(request, send)
         except ProxyError as exc:
             await exc.send(send)
-            model = request.target.route.name
             latency = time.perf_counter() - request.started
             self.proxy.metrics.observe(model, "", exc.status, latency, None)
             self.proxy.access_log.write(
                 self.path, model, "", exc.status, latency, None, None, exc.message
             )
         except asyncio.CancelledError:
-            if not state["disconnected"]:
+            if not watch.disconnected:
                 raise
-            uncancel = getattr(task, "uncancel", None)
-            if uncancel is not None:
-                uncancel()
-            model = request.target.route.name
+            watch.absorb()
             latency = time.perf_counter() - request.started
             self.proxy.access_log.write(
                 self.path, model, "", 499, latency, None, None, "client disconnected"
             )
         finally:
-            state["finished"] = True
-            watcher.cancel()
+            watch.stop()
+
+
+class DisconnectWatch:
+    """Cancels the request's task when its client goes away, so the upstream request is closed
+    at once (not at the next chunk, which may be minutes away for a slow generation)."""
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._stopped = False
+        self.disconnected = False
+        self._message = asyncio.ensure_future(receive())
+        self._message.add_done_callback(self._on_message)
+
+    def _on_message(self, future: asyncio.Future[Any]) -> None:
+        if self._stopped or future.cancelled() or future.exception() is not None:
+            return
+        if future.result().get("type") == "http.disconnect":
+            self.disconnected = True
+            self._task.cancel()
+
+    def absorb(self) -> None:
+        """After catching the CancelledError we caused: undo the cancel request (Python 3.11+)."""
+        uncancel = getattr(self._task, "uncancel", None)
+        if uncancel is not None:
+            uncancel()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._message.cancel()
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

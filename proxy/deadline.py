@@ -12,19 +12,18 @@ import asyncio
 class Deadline:
     """Cancels the task that made it when the time runs out; ``expired`` tells it was us."""
 
-    __slots__ = ("_loop", "_task", "_handle", "expired", "what")
+    __slots__ = ("_loop", "_task", "_handle", "expired")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._handle: asyncio.TimerHandle | None = None
         self.expired = False
-        self.what = ""
 
-    def reset(self, seconds: float, what: str) -> None:
+    def reset(self, seconds: float) -> None:
+        """Expire ``seconds`` from now (replacing any earlier expiry)."""
         if self._handle is not None:
             self._handle.cancel()
-        self.what = what
         self._handle = self._loop.call_later(seconds, self._expire)
 
     def clear(self) -> None:

@@ -112,7 +112,7 @@ class Upstream:
         self, request: ProxiedRequest, backend: Backend, deadline: Deadline, send: Send
     ) -> None:
         timeouts = request.target.route.timeouts
-        deadline.reset(timeouts.first_byte, "first byte")
+        deadline.reset(timeouts.first_byte)
         try:
             response = await self.client.pool(backend.url).request(
                 b"POST", request.path, request.body_for(backend), timeouts.connect
@@ -146,7 +146,7 @@ class Upstream:
         send: Send,
     ) -> None:
         ttfb = time.perf_counter() - request.started
-        deadline.reset(request.target.route.timeouts.idle, "idle")
+        deadline.reset(request.target.route.timeouts.idle)
         try:
             body = await response.read()
         except (UpstreamError, OSError) as exc:
@@ -185,7 +185,7 @@ class Upstream:
         wait = request.target.route.timeouts.first_byte  # for the first chunk, then idle
         try:
             while True:
-                deadline.reset(wait, "idle")  # the deadline covers waiting on the backend only,
+                deadline.reset(wait)  # the deadline covers waiting on the backend only,
                 chunk = await response.next_chunk()
                 deadline.clear()  # not a slow client
                 if not chunk:

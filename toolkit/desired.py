@@ -199,9 +199,13 @@ def render_routes(ctx: HostContext, endpoints: list[Endpoint], play: Play) -> st
     )
 
 
-def health_spec(design: HostDesign, verify: bool) -> str:
-    spec = {"urls": [s.health_url for s in design.services if s.health_url], "deadline_s": 300}
-    if verify and design.proxy_port:
+def health_spec(design: HostDesign, deadline_s: float = 300) -> str:
+    """Input of health_check.py: the URLs to wait on, then one chat request per model."""
+    spec = {
+        "urls": [s.health_url for s in design.services if s.health_url],
+        "deadline_s": deadline_s,
+    }
+    if design.proxy_port:
         spec["verify"] = [
             {
                 "url": f"http://127.0.0.1:{design.proxy_port}/v1/chat/completions",

@@ -54,11 +54,28 @@ def host_vars(site: Site, play: Play, host: Host) -> dict[str, Any]:
     return {**host.vars, **play.vars, **site.extra_vars}
 
 
-def probe_script(data_dir: str | None, resources: list[Resource], options: RunOptions) -> str:
+VERIFY = -1  # the probe section holding the health check's answer
+
+
+def probe_script(
+    data_dir: str | None,
+    resources: list[Resource],
+    options: RunOptions,
+    verify_spec: str | None = None,
+) -> str:
+    """Facts, every resource's state and, when services should be up, their health check (no
+    waiting) and one chat request per model: a converged host costs this one round trip."""
     parts = [PRELUDE, data_dir_assignment(data_dir), FACTS_SCRIPT]
     for index, resource in enumerate(resources):
         parts.append(f"echo '{MARK} {index}'")
         parts.append(f"( {resource.probe(options) or ':'} ) 2>/dev/null")
+    if verify_spec:
+        checker = f'"$TK_DATA"/{quote(HEALTH_CHECK_RELPATH)}'
+        parts.append(f"echo '{MARK} {VERIFY}'")
+        parts.append(
+            f'[ -x "$TK_DATA/venv/bin/python" ] && [ -f {checker} ] && '
+            f'"$TK_DATA/venv/bin/python" {checker} {quote(verify_spec)} 2>/dev/null; true'
+        )
     return "\n".join(parts)
 
 
@@ -69,6 +86,21 @@ def split_probe(output: str) -> tuple[str, dict[int, str]]:
         index, _, body = section.partition("\n")
         observed[int(index)] = body.rstrip("\n")
     return facts_text, observed
+
+
+def parse_health(output: str) -> dict | None:
+    """health_check.py's JSON answer, or None when it did not run."""
+    try:
+        report = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return report if isinstance(report, dict) and "health" in report else None
+
+
+def healthy(report: dict) -> bool:
+    return all(code == 200 for code in report["health"].values()) and not any(
+        "error" in v for v in report.get("verify", {}).values()
+    )
 
 
 class FactsCache:
@@ -165,8 +197,15 @@ class Engine:
         self.reporter.host_done(result)
         return result
 
-    def probe(self, conn: Connection, data_dir: str | None, resources: list[Resource]):
-        output = conn.run(probe_script(data_dir, resources, self.options), timeout=3600)
+    def probe(
+        self,
+        conn: Connection,
+        data_dir: str | None,
+        resources: list[Resource],
+        verify_spec: str | None = None,
+    ):
+        script = probe_script(data_dir, resources, self.options, verify_spec)
+        output = conn.run(script, timeout=3600)
         if output.rc != 0 and MARK not in output.stdout and not output.stdout.strip():
             raise CommandFailed("reading facts", output)
         facts_text, observed = split_probe(output.stdout)
@@ -177,10 +216,12 @@ class Engine:
         data_dir = variables.get("toolkit_data_dir")
         cached = self.facts_cache.load(host, data_dir)
         design = design_host(play, host, cached) if cached else None
-        facts, observed = self.probe(conn, data_dir, design.resources if design else [])
+        verify = None if self.options.check or design is None else health_spec(design, 0)
+        facts, observed = self.probe(conn, data_dir, design.resources if design else [], verify)
         if design is None or design_key(facts) != design_key(cached):
             design = design_host(play, host, facts)
-            facts, observed = self.probe(conn, data_dir, design.resources)
+            verify = None if self.options.check else health_spec(design, 0)
+            facts, observed = self.probe(conn, data_dir, design.resources, verify)
         self.facts_cache.save(host, data_dir, facts)
         result.facts, result.design = facts, design
         self.reporter.facts(host.name, facts, design)
@@ -207,7 +248,12 @@ class Engine:
                 self.reporter.change(host.name, change, planned=self.options.check)
         if self.options.check:
             return
-        if result.changes:
+        if not result.changes:
+            probed = parse_health(observed.get(VERIFY, ""))
+            if probed is not None and healthy(probed):
+                result.verify = probed["verify"]
+                return
+        else:
             ctx.sh('mkdir -p "$TK_DATA"', "creating the data dir")
         for change in result.changes:
             self.reporter.step(host.name, change)
@@ -216,16 +262,15 @@ class Engine:
 
     def verify(self, ctx: HostContext, design: HostDesign, result: HostResult) -> None:
         """Wait on every service's health check, then one chat request per model via the proxy."""
-        spec = health_spec(design, verify=True)
         python = ctx.path("venv/bin/python")
         self.reporter.step_text(ctx.host.name, "waiting for services to be healthy, then verifying")
         out = ctx.conn.run(
-            f"{quote(python)} {quote(ctx.path(HEALTH_CHECK_RELPATH))} {quote(spec)}", timeout=900
+            f"{quote(python)} {quote(ctx.path(HEALTH_CHECK_RELPATH))} {quote(health_spec(design))}",
+            timeout=900,
         )
-        try:
-            report = json.loads(out.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise CommandFailed("health check", out) from None
+        report = parse_health(out.stdout)
+        if report is None:
+            raise CommandFailed("health check", out)
         result.verify = report.get("verify", {})
         unhealthy = {url: code for url, code in report.get("health", {}).items() if code != 200}
         if unhealthy:

@@ -114,6 +114,7 @@ class Reporter:
             self._event("host", host=result.host, changed=result.changed, ok=result.ok,
                         failed=result.failed, unreachable=result.unreachable,
                         error=result.error, verify=result.verify,
+                        round_trips=result.round_trips,
                         seconds=round(result.seconds, 3))  # fmt: skip
             return
         if result.failed:
