@@ -20,7 +20,8 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import GEMMA_SHA256, REPO, free_port
+from toolkit.models.store import hash_file
 
 GEMMA = "gemma-3-270m"
 
@@ -194,6 +195,23 @@ def test_check_reports_pending_changes_and_changes_nothing(site):
         assert routes.read_text() == "models: {}\n"
     finally:
         routes.write_bytes(original)
+
+
+def test_verify_checksums_finds_and_replaces_a_damaged_model(site):
+    placed = site.data / "models" / f"sha256-{GEMMA_SHA256}.gguf"
+    stat = placed.stat()
+    with placed.open("r+b") as model:  # same size, same mtime: only a hash can tell
+        model.seek(stat.st_size // 2)
+        byte = model.read(1)
+        model.seek(stat.st_size // 2)
+        model.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(placed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    trusting = site.apply("--check")
+    assert trusting.returncode == 0, trusting.stdout  # the record still matches size and mtime
+    checked = site.apply("--verify-checksums")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "model:gemma-3-270m: replace: sha256 on the host is" in checked.stdout
+    assert hash_file(placed)[0] == GEMMA_SHA256
 
 
 def test_engine_killed_is_restarted_and_healthy_again(site):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from toolkit.hosts.connection import LocalConnection, quote
 from toolkit.models.sources import fetch
-from toolkit.models.store import ModelStore
+from toolkit.models.store import ModelStore, hash_file
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.site import ModelSpec
 
@@ -53,7 +53,7 @@ class ModelFile(Resource):
         if ctx.options.verify_checksums:
             sha = seen.get("sha", "")
             if sha != self.model.sha256:
-                return Change(self, f"replace: sha256 on the host is {sha[:12]}…", data="place")
+                return Change(self, f"replace: sha256 on the host is {sha[:12]}…", data="replace")
             return None if recorded else Change(self, "record verified checksum", data="record")
         if recorded:
             return None
@@ -66,12 +66,18 @@ class ModelFile(Resource):
             if sha == self.model.sha256:
                 self._record(ctx, path)
                 return
-        if change.data in ("verify", "place"):
-            self._place(ctx, path)
+        if change.data in ("verify", "place", "replace"):
+            self._place(ctx, path, distrust_cache=change.data != "place")
         self._record(ctx, path)
 
-    def _place(self, ctx: HostContext, path: str) -> None:
+    def _place(self, ctx: HostContext, path: str, distrust_cache: bool) -> None:
         store = controller_store()
+        if distrust_cache and store.has(self.model.sha256):
+            # On this machine the placed file is a hard link to the cached blob: whatever
+            # damaged one damaged both. Check the blob before placing it again.
+            blob = store.blob_path(self.model.sha256)
+            if hash_file(blob)[0] != self.model.sha256:
+                blob.unlink()
         fetched = fetch(
             self.model.source,
             sha256=self.model.sha256,
