@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -197,12 +198,7 @@ def _parse(path: str, table: RouteTable, body: bytes) -> ProxiedRequest:
         raise ProxyError(400, "'model' is required", code="missing_model", param="model")
     target = table.targets.get(model)
     if target is None:
-        raise ProxyError(
-            404,
-            f"The model {model!r} does not exist; models here: {table.model_names}",
-            code="model_not_found",
-            param="model",
-        )
+        raise _not_found(model, table)
     raw = body
     capabilities = target.route.capabilities
     if not capabilities.system_role and isinstance(payload.get("messages"), list):
@@ -229,6 +225,15 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def _not_found(model: str, table: RouteTable) -> ProxyError:
+    return ProxyError(
+        404,
+        f"The model {model!r} does not exist; models here: {table.model_names}",
+        code="model_not_found",
+        param="model",
+    )
 
 
 def _unauthorized() -> ProxyError:
@@ -279,6 +284,18 @@ def create_app(routes_path: str | Path, *, access_log: bool = True) -> ProxyApp:
         denied = _authorized(proxy, request)
         return denied or Response(proxy.table.models_json, media_type="application/json")
 
+    async def model(request: Request) -> Response:
+        denied = _authorized(proxy, request)
+        if denied:
+            return denied
+        name = request.path_params["name"]
+        for card in proxy.table.model_cards:
+            if card["id"] == name:
+                return JSONResponse(card)
+        error = _not_found(name, proxy.table)
+        body = error_body(error.message, error.type, error.code, error.param)
+        return Response(body, 404, media_type="application/json")
+
     async def health(request: Request) -> Response:
         report = {}
         for name in proxy.table.routes.models:
@@ -287,7 +304,9 @@ def create_app(routes_path: str | Path, *, access_log: bool = True) -> ProxyApp:
                 "healthy": sum(1 for backend in backends if backend.healthy),
                 "backends": len(backends),
             }
-        return JSONResponse({"status": "ok", "models": report})
+        # 200 while the proxy is up; "degraded" when some model has no healthy backend
+        status = "ok" if all(model["healthy"] for model in report.values()) else "degraded"
+        return JSONResponse({"status": status, "models": report})
 
     async def metrics(request: Request) -> Response:
         denied = _authorized(proxy, request)
@@ -295,8 +314,20 @@ def create_app(routes_path: str | Path, *, access_log: bool = True) -> ProxyApp:
 
     routes = [
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *(Route(path, ProxyEndpoint(proxy, path), methods=["POST"]) for path in PROXIED_PATHS),
     ]
-    return ProxyApp(proxy, Starlette(routes=routes, lifespan=proxy.lifespan))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        body = error_body(
+            message, "invalid_request_error", "not_found" if exc.status_code == 404 else None
+        )
+        return Response(body, exc.status_code, media_type="application/json", headers=exc.headers)
+
+    handlers = {404: http_error, 405: http_error}
+    fallback = Starlette(routes=routes, lifespan=proxy.lifespan, exception_handlers=handlers)
+    return ProxyApp(proxy, fallback)

@@ -229,7 +229,8 @@ class Pool:
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         default_port = self.port == (443 if self.tls else 80)
-        self.host_header = (self.host if default_port else f"{self.host}:{self.port}").encode()
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
+        self.host_header = (host if default_port else f"{host}:{self.port}").encode()
         self._idle: deque[_Connection] = deque()
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 

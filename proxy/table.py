@@ -36,15 +36,19 @@ class RouteTable:
         for route in routes.models.values():
             live = []
             for spec in route.backends:
-                backend = pool.get(spec.url) or Backend(spec.url, spec.runtime)
+                backend = self.backends.get(spec.url) or pool.get(spec.url)
+                if backend is None or backend.runtime != spec.runtime:
+                    backend = Backend(spec.url, spec.runtime)
                 self.backends[spec.url] = backend
                 live.append(backend)
             targets[route.name] = Target(route, live)
         self.targets = {name: targets[route.name] for name, route in routes.lookup().items()}
         self.model_names = ", ".join(sorted(routes.models))
-        self.models_json = self._models_json()
+        self.model_cards = self._model_cards()
+        self.models_json = json.dumps({"object": "list", "data": self.model_cards}).encode()
 
-    def _models_json(self) -> bytes:
+    def _model_cards(self) -> list[dict[str, object]]:
+        """OpenAI model objects for every name a client may send, aliases included."""
         data = []
         for name, target in self.targets.items():
             route = target.route
@@ -61,7 +65,7 @@ class RouteTable:
             if route.capabilities.max_context:
                 entry["max_context"] = route.capabilities.max_context
             data.append(entry)
-        return json.dumps({"object": "list", "data": data}).encode()
+        return data
 
 
 def load_table(path: str | Path, pool: dict[str, Backend] | None = None) -> RouteTable:

@@ -77,6 +77,7 @@ def llama_engine(gemma_gguf, tmp_path_factory):
         "--alias", "gemma-3-270m",
         "--chat-template", "gemma",
         "--embedding",
+        "--pooling", "mean",
         "--metrics",
     ]  # fmt: skip
     with open(log, "wb") as out:

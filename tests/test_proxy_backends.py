@@ -33,3 +33,21 @@ def test_failed_backend_rests_then_is_tried_again():
     assert candidates([backend], now=103.0) == [backend]
     backend.mark_up()
     assert backend.healthy and backend.failures == 0
+
+
+def test_models_on_one_server_share_its_backend_across_reloads(tmp_path):
+    from proxy.table import load_table
+
+    routes = tmp_path / "routes.yml"
+    routes.write_text(
+        "models:\n"
+        "  a: {backends: [{url: 'http://127.0.0.1:11434', runtime: ollama}]}\n"
+        "  b: {backends: [{url: 'http://127.0.0.1:11434', runtime: ollama, model: 'b:1b'}]}\n"
+    )
+    table = load_table(routes)
+    shared = table.targets["a"].backends[0]
+    assert table.targets["b"].backends[0] is shared
+    assert table.targets["b"].backend_models == {"http://127.0.0.1:11434": "b:1b"}
+    shared.in_flight = 3
+    reloaded = load_table(routes, pool=table.backends)
+    assert reloaded.targets["a"].backends[0] is shared  # health and load survive a reload

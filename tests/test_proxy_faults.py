@@ -78,6 +78,14 @@ def test_alias_is_rewritten_and_system_folded(standin, start_proxy):
     assert received["messages"][0]["content"] == "Be brief.\n\nhi"
 
 
+def test_unknown_path_and_method_answer_in_openai_shape(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+    missing = httpx.get(proxy.url + "/v1/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong_method = httpx.get(proxy.url + "/v1/chat/completions")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
 def test_refused_connection_is_retried_on_another_backend(standin, start_proxy):
     proxy = start_proxy(routes_for("m", dead_url(), standin.url))
     for _ in range(5):
@@ -107,7 +115,7 @@ def test_no_healthy_backend_is_503_with_retry_after(start_proxy):
     assert int(info.value.response.headers["retry-after"]) >= 1
     assert info.value.code == "no_healthy_backend"
     health = httpx.get(proxy.url + "/health").json()
-    assert health["models"]["m"] == {"healthy": 0, "backends": 1}
+    assert health == {"status": "degraded", "models": {"m": {"healthy": 0, "backends": 1}}}
 
 
 def test_streams_arrive_with_sse_headers(standin, start_proxy):

@@ -58,6 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--jinja", action="store_true")
     parser.add_argument("--chat-template", default=None)
     parser.add_argument("--embedding", "--embeddings", action="store_true")
+    parser.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"])
     parser.add_argument("--metrics", action="store_true")
     parser.add_argument("--api-key", default=None)
     return parser.parse_args(argv)
@@ -86,6 +87,10 @@ def build_params(args: argparse.Namespace):
         params.use_jinja = True
     if args.embedding:
         params.embedding = True
+    if args.pooling:
+        params.pooling_type = getattr(
+            xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}"
+        )
     if args.metrics:
         params.endpoint_metrics = True
     if args.api_key:
