@@ -15,13 +15,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.errors import ToolkitError
 
-class ConnectionError_(Exception):
+
+class HostUnreachable(ToolkitError):
     """The host cannot be reached or refused us (auth, host key, network)."""
-
-
-class HostUnreachable(ConnectionError_):
-    pass
 
 
 @dataclass(frozen=True)
