@@ -63,6 +63,7 @@ class HealthChecker:
             if backend.healthy:
                 logger.warning("backend %s failed its health check: %s", backend.url, detail)
             backend.mark_down()
+            backend.slots = None  # a restarted engine may have another number: read it again
 
     async def _get(self, backend: Backend, path: str) -> tuple[int, bytes]:
         async def get() -> tuple[int, bytes]:

@@ -43,7 +43,21 @@ def wait_healthy(urls: list[str], deadline_s: float) -> dict[str, int]:
         delay = min(delay * 2, 1.0)
 
 
-def chat_once(url: str, model: str) -> dict:
+def chat_once(url: str, model: str, deadline: float) -> dict:
+    """One chat request; a 503 with Retry-After (the proxy's backend is still in its cool-off
+    after a restart) is retried after that many seconds while the deadline allows."""
+    while True:
+        try:
+            return _chat(url, model)
+        except urllib.error.HTTPError as exc:
+            wait = exc.headers.get("Retry-After", "") if exc.code == 503 else ""
+            if not wait.isdigit() or time.monotonic() + int(wait) >= deadline:
+                raise
+            exc.close()
+            time.sleep(max(int(wait), 0.2))
+
+
+def _chat(url: str, model: str) -> dict:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
@@ -71,13 +85,15 @@ def chat_once(url: str, model: str) -> dict:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    result: dict = {"health": wait_healthy(spec["urls"], float(spec.get("deadline_s", 300)))}
+    deadline_s = float(spec.get("deadline_s", 300))
+    deadline = time.monotonic() + deadline_s
+    result: dict = {"health": wait_healthy(spec["urls"], deadline_s)}
     ok = all(code == 200 for code in result["health"].values())
     result["verify"] = {}
     if ok:
         for item in spec.get("verify", []):
             try:
-                result["verify"][item["model"]] = chat_once(item["url"], item["model"])
+                result["verify"][item["model"]] = chat_once(item["url"], item["model"], deadline)
             except (OSError, ValueError, KeyError, IndexError) as exc:
                 detail = exc.read().decode(errors="replace")[:300] if hasattr(exc, "read") else ""
                 result["verify"][item["model"]] = {"error": f"{exc} {detail}".strip()}
