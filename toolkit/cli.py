@@ -38,7 +38,16 @@ def common_site_options(func):
     func = click.option("--accept-new-host-keys", is_flag=True,
                         help="Add unknown SSH host keys to known_hosts (changed keys are "
                         "still refused).")(func)  # fmt: skip
+    func = click.option("-K", "--ask-become-pass", is_flag=True,
+                        help="Ask for the sudo password of become hosts (else it is read from "
+                        "$TOOLKIT_BECOME_PASSWORD). It is never logged.")(func)  # fmt: skip
     return func
+
+
+def become_password(ask: bool) -> str | None:
+    if not ask:
+        return None  # the engine falls back to $TOOLKIT_BECOME_PASSWORD
+    return click.prompt("BECOME password", hide_input=True, err=True)
 
 
 def load(playbook: str, inventory: str | None, extra_vars: tuple[str, ...]):
@@ -69,8 +78,8 @@ def main() -> None:
     help="Hash every placed model again instead of trusting its size/mtime record.",
 )
 @click.option("-f", "--forks", default=20, show_default=True, help="Hosts worked on at once.")
-def apply(playbook, inventory, limit, extra_vars, json_events, accept_new_host_keys, check, diff,
-          verify_checksums, forks):  # fmt: skip
+def apply(playbook, inventory, limit, extra_vars, json_events, accept_new_host_keys,
+          ask_become_pass, check, diff, verify_checksums, forks):  # fmt: skip
     """Converge the hosts of PLAYBOOK. Exit 0: converged; 2: changes pending (--check); 1: error."""
     from toolkit.engine import Engine
     from toolkit.report import Reporter, append_history
@@ -86,7 +95,8 @@ def apply(playbook, inventory, limit, extra_vars, json_events, accept_new_host_k
     reporter = Reporter(json_events)
     started = time.monotonic()
     try:
-        results = Engine(site, options, reporter, limit).run()
+        password = become_password(ask_become_pass)
+        results = Engine(site, options, reporter, limit, password).run()
     except ToolkitError as exc:
         fail(exc)
     seconds = time.monotonic() - started
@@ -103,7 +113,8 @@ def apply(playbook, inventory, limit, extra_vars, json_events, accept_new_host_k
 @main.command()
 @click.argument("playbook", type=click.Path(exists=True, dir_okay=False))
 @common_site_options
-def down(playbook, inventory, limit, extra_vars, json_events, accept_new_host_keys):
+def down(playbook, inventory, limit, extra_vars, json_events, accept_new_host_keys,
+         ask_become_pass):  # fmt: skip
     """Stop every service PLAYBOOK's apply started (files and models stay)."""
     from toolkit.engine import stop_all
     from toolkit.report import Reporter, append_history
@@ -115,7 +126,7 @@ def down(playbook, inventory, limit, extra_vars, json_events, accept_new_host_ke
     options = RunOptions(host_key_policy="accept-new" if accept_new_host_keys else "strict")
     reporter = Reporter(json_events)
     started = time.monotonic()
-    results = stop_all(site, reporter, options, limit)
+    results = stop_all(site, reporter, options, limit, become_password(ask_become_pass))
     for r in results:
         if not r.failed and not json_events:
             click.echo(f"{r.host}: stopped")

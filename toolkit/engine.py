@@ -33,6 +33,7 @@ MARK = "@@toolkit@@"
 class HostResult:
     host: str
     play: str
+    address: str = ""  # where the host is reached (its endpoint's address)
     changes: list[Change] = field(default_factory=list)
     ok: int = 0
     failed: bool = False
@@ -51,7 +52,43 @@ class HostResult:
 
 def host_vars(site: Site, play: Play, host: Host) -> dict[str, Any]:
     """Ansible's precedence, low to high: inventory (group, then host) vars, play vars, -e."""
-    return {**host.vars, **play.vars, **site.extra_vars}
+    return site.vars_for(play, host)
+
+
+UNSAFE_IN_DATA_DIR = '$`"\\'
+
+
+def checked_data_dir(variables: dict[str, Any]) -> str | None:
+    """``toolkit_data_dir``, refused when it holds a character that is not safe everywhere it
+    goes: control characters (a newline would split the lines of service definitions), and
+    $ ` " \\, because pip writes the virtualenv's path into a double-quoted shell line at the
+    top of the scripts it installs (venv/bin/supervisord) when that path holds a space."""
+    data_dir = variables.get("toolkit_data_dir")
+    if data_dir is None:
+        return None
+    data_dir = str(data_dir)
+    if (
+        not data_dir
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in data_dir)
+        or any(ch in UNSAFE_IN_DATA_DIR for ch in data_dir)
+    ):
+        raise ToolkitError(
+            f"toolkit_data_dir {data_dir!r} must be a path without control characters "
+            f"or any of {UNSAFE_IN_DATA_DIR}"
+        )
+    return data_dir
+
+
+def check_service_values(design: HostDesign) -> None:
+    """Refuse a service whose command line, directory or environment holds a control character:
+    definitions are line-based (supervisord, systemd), so a newline in a value could add lines."""
+    for service in design.services:
+        for value in [*service.argv, service.workdir, *service.env.values()]:
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in str(value)):
+                raise ToolkitError(
+                    f"service {service.name}: value {value!r} holds a control character "
+                    "(newline, tab...); refusing to write its definition"
+                )
 
 
 VERIFY = -1  # the probe section holding the health check's answer
@@ -145,8 +182,16 @@ def design_key(facts: Facts) -> tuple:
 
 
 class Engine:
-    def __init__(self, site: Site, options: RunOptions, reporter, limit: str | None = None):
+    def __init__(
+        self,
+        site: Site,
+        options: RunOptions,
+        reporter,
+        limit: str | None = None,
+        become_password: str | None = None,
+    ):
         self.site = site
+        self.become_password = become_password or os.environ.get("TOOLKIT_BECOME_PASSWORD")
         self.options = options
         self.reporter = reporter
         self.limit = limit
@@ -158,7 +203,7 @@ class Engine:
             self.connections[host.name] = connect(
                 host,
                 host_key_policy=self.options.host_key_policy,
-                become_password=os.environ.get("TOOLKIT_BECOME_PASSWORD"),
+                become_password=self.become_password,
             )
         return self.connections[host.name]
 
@@ -177,9 +222,10 @@ class Engine:
     # -- one host ------------------------------------------------------------------------
 
     def run_host(self, play: Play, host: Host) -> HostResult:
-        result = HostResult(host.name, play.name)
+        result = HostResult(host.name, play.name, address=host.address)
         started = time.monotonic()
         try:
+            play = self.site.play_for(play, host)  # its templated values rendered for this host
             conn = self.connection(host)
             self.converge(play, host, conn, result)
         except HostUnreachable as exc:
@@ -213,7 +259,7 @@ class Engine:
 
     def converge(self, play: Play, host: Host, conn: Connection, result: HostResult) -> None:
         variables = host_vars(self.site, play, host)
-        data_dir = variables.get("toolkit_data_dir")
+        data_dir = checked_data_dir(variables)
         cached = self.facts_cache.load(host, data_dir)
         design = design_host(play, host, cached) if cached else None
         verify = None if self.options.check or design is None else health_spec(design, 0)
@@ -223,6 +269,8 @@ class Engine:
             verify = None if self.options.check else health_spec(design, 0)
             facts, observed = self.probe(conn, data_dir, design.resources, verify)
         self.facts_cache.save(host, data_dir, facts)
+        checked_data_dir({"toolkit_data_dir": facts.data_dir})  # also when it comes from $HOME
+        check_service_values(design)
         result.facts, result.design = facts, design
         self.reporter.facts(host.name, facts, design)
 
@@ -287,32 +335,43 @@ class Engine:
 
 
 def stop_all(
-    site: Site, reporter, options: RunOptions, limit: str | None = None
+    site: Site,
+    reporter,
+    options: RunOptions,
+    limit: str | None = None,
+    become_password: str | None = None,
 ) -> list[HostResult]:
-    """``toolkit down``: stop every service a play started on its hosts."""
-    engine = Engine(site, options, reporter, limit)
-    results = []
+    """``toolkit down``: stop every service a play started on its hosts (hosts in parallel)."""
+    engine = Engine(site, options, reporter, limit, become_password)
+
+    def stop(play: Play, host: Host) -> HostResult:
+        result = HostResult(host.name, play.name, address=host.address)
+        try:
+            conn = engine.connection(host)
+            data_dir = checked_data_dir(host_vars(site, play, host))
+            facts, _ = engine.probe(conn, data_dir, [])
+            design = design_host(site.play_for(play, host), host, facts)
+            script = design.manager.stop_script(design.services)
+            conn.check(
+                f"{PRELUDE}\n{data_dir_assignment(data_dir)}\n{script}",
+                f"stopping services with {design.manager.name}",
+                timeout=120,
+            )
+        except HostUnreachable as exc:
+            result.failed = result.unreachable = True
+            result.error = str(exc)
+        except (ToolkitError, CommandFailed, OSError) as exc:
+            result.failed = True
+            result.error = str(exc)
+        reporter.host_done(result)
+        return result
+
+    results: list[HostResult] = []
     try:
         for play, hosts in site.targets(limit):
             reporter.play(play, hosts)
-            for host in hosts:
-                result = HostResult(host.name, play.name)
-                try:
-                    conn = engine.connection(host)
-                    data_dir = host_vars(site, play, host).get("toolkit_data_dir")
-                    facts, _ = engine.probe(conn, data_dir, [])
-                    design = design_host(play, host, facts)
-                    script = design.manager.stop_script(design.services)
-                    conn.check(
-                        f"{PRELUDE}\n{data_dir_assignment(data_dir)}\n{script}",
-                        f"stopping services with {design.manager.name}",
-                        timeout=120,
-                    )
-                except (ToolkitError, CommandFailed, OSError) as exc:
-                    result.failed = True
-                    result.error = str(exc)
-                reporter.host_done(result)
-                results.append(result)
+            with ThreadPoolExecutor(max_workers=max(1, options.forks)) as pool:
+                results += list(pool.map(lambda h, p=play: stop(p, h), hosts))
     finally:
         for conn in engine.connections.values():
             conn.close()

@@ -166,8 +166,10 @@ class Reporter:
                 or not r.design.endpoints
             ):
                 continue
-            host = r.facts.hostname if r.host in ("localhost", "127.0.0.1") else r.host
-            address = "127.0.0.1" if r.host in ("localhost", "127.0.0.1") else host
+            local = r.host in ("localhost", "127.0.0.1") or not r.address
+            address = "127.0.0.1" if local else r.address
+            if ":" in address:  # an IPv6 address
+                address = f"[{address}]"
             base = f"http://{address}:{r.design.proxy_port}/v1"
             model = r.design.endpoints[0].model.name
             self._echo(f"\nEndpoint on {r.host}: {base}  (models: "

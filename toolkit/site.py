@@ -2,14 +2,31 @@
 
 Validation is strict and positional: an unknown key, a wrong type or a missing field is reported
 as ``file:line:col: message`` (with a "did you mean" for misspelt keys) before anything runs.
+
+Variables. Every string value of a play (except ``hosts:`` and ``vars:``) may use Jinja
+(``"{{ proxy_port }}"``, ``"/data/{{ inventory_hostname }}.gguf"``); it is rendered for each host
+with that host's variables, merged as Ansible merges them, lowest first:
+
+1. inventory vars (group vars, then host vars: see toolkit/inventory.py for the exact order)
+2. the play's ``vars:``
+3. ``-e key=value`` / ``-e '{"key": ...}'`` (extra vars: always win)
+
+plus ``inventory_hostname`` and ``group_names``. A variable that is not defined is an error. A
+rendered value where the playbook wants an integer (ports, ``ctx_size``...) or a boolean is
+converted (``"8100"`` -> 8100, ``"yes"`` -> true) and validated like a literal one; a value that
+does not convert is reported with the file, line, template, host and what it rendered to. Each
+host's play is rendered and validated when the site is loaded, before anything runs.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from toolkit.errors import ConfigError, did_you_mean
 from toolkit.inventory import Host, Inventory, load_inventory
@@ -70,6 +87,8 @@ class Play:
     proxy: ProxySpec | None
     vars: dict[str, Any]
     service_manager: str = "auto"
+    raw: Any = field(default=None, repr=False)  # the play as written, rendered per host
+    index: int = 0
 
 
 @dataclass
@@ -78,6 +97,7 @@ class Site:
     inventory: Inventory
     plays: list[Play]
     extra_vars: dict[str, Any] = field(default_factory=dict)
+    _rendered: dict = field(default_factory=dict, repr=False)  # (play index, host) -> Play
 
     def targets(self, limit: str | None = None) -> list[tuple[Play, list[Host]]]:
         """Each play with the hosts it runs on, narrowed by ``--limit``."""
@@ -93,6 +113,100 @@ class Site:
             )
             for play in self.plays
         ]
+
+    def vars_for(self, play: Play, host: Host) -> dict[str, Any]:
+        """The host's variables in this play: inventory < play vars < extra vars (``-e``)."""
+        return {
+            "inventory_hostname": host.name,
+            "group_names": sorted(g for g in host.groups if g not in ("all", "ungrouped")),
+            **host.vars,
+            **play.vars,
+            **self.extra_vars,
+        }
+
+    def play_for(self, play: Play, host: Host) -> Play:
+        """The play as ``host`` sees it: its templated values rendered with the host's vars."""
+        if play.raw is None or not has_templates(play.raw):
+            return play
+        key = (play.index, host.name)
+        if key not in self._rendered:
+            variables = self.vars_for(play, host)
+            raw = render_tree(play.raw, variables, host.name)
+            try:
+                self._rendered[key] = parse_play(raw, raw.pos, play.index)
+            except ConfigError as exc:
+                if f"host {host.name}" not in exc.message:
+                    exc.message += f" (rendered for host {host.name})"
+                raise ConfigError(exc.path, exc.line, exc.col, exc.message) from None
+        return self._rendered[key]
+
+
+# --- templated values ------------------------------------------------------------------------
+
+
+class Rendered(str):
+    """A string that came out of a template: remembers the template and the host it was for."""
+
+    template: str
+    host: str
+
+    def convert(self, types: tuple[type, ...], what: str, at: Pos) -> Any:
+        """To the type the schema wants, when that is an integer or a boolean and not a string."""
+        if str in types:
+            return str(self)
+        text = self.strip()
+        if int in types and re.fullmatch(r"[+-]?[0-9]+", text):
+            return int(text)
+        if bool in types and text.lower() in ("true", "yes", "on", "false", "no", "off"):
+            return text.lower() in ("true", "yes", "on")
+        raise at.error(
+            f'{what} must be {_type_name(types)}; "{self.template}" rendered as {str(self)!r} '
+            f"for host {self.host}"
+        )
+
+
+@cache
+def _jinja() -> jinja2.Environment:
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def has_templates(raw: Any) -> bool:
+    if isinstance(raw, dict):
+        return any(has_templates(v) for k, v in raw.items() if k not in ("hosts", "vars"))
+    if isinstance(raw, list):
+        return any(has_templates(v) for v in raw)
+    return _is_template(raw)
+
+
+def render_tree(raw: Any, variables: dict[str, Any], host: str, at: Pos | None = None) -> Any:
+    """A copy of ``raw`` (keeping positions) with every templated string rendered."""
+    if isinstance(raw, PosDict):
+        out = PosDict()
+        out.pos, out.key_pos, out.value_pos = raw.pos, raw.key_pos, raw.value_pos
+        for key, value in raw.items():
+            keep = key in ("hosts", "vars") and at is None  # the play's own keys
+            out[key] = value if keep else render_tree(value, variables, host, raw.vpos_of(key))
+        return out
+    if isinstance(raw, PosList):
+        out_list = PosList(
+            render_tree(v, variables, host, raw.pos_of(i)) for i, v in enumerate(raw)
+        )
+        out_list.pos, out_list.item_pos = raw.pos, raw.item_pos
+        return out_list
+    if not _is_template(raw):
+        return raw
+    try:
+        text = _jinja().from_string(raw).render(variables)
+    except jinja2.TemplateError as exc:
+        where = at or Pos("?", None, None)
+        raise where.error(f'cannot render "{raw}" for host {host}: {exc}') from None
+    rendered = Rendered(text)
+    rendered.template, rendered.host = raw, host
+    return rendered
 
 
 # --- a small schema, so every mapping is checked the same way ---------------------------------
@@ -127,6 +241,10 @@ def check_mapping(value: Any, schema: dict[str, Key], what: str, at: Pos) -> Pos
                 raise mapping.pos.error(f'{what} is missing the required key "{key}"')
             continue
         item = mapping[key]
+        if isinstance(item, Rendered):
+            item = mapping[key] = item.convert(
+                rule.types, f'"{key}" in {what}', mapping.vpos_of(key)
+            )
         # YAML booleans are ints in Python; do not let `true` pass for a port.
         wrong_bool = isinstance(item, bool) and bool not in rule.types
         if wrong_bool or not isinstance(item, rule.types):
@@ -306,6 +424,8 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
             if model.port is not None:
                 used[model.port] = f'model "{model.name}"'
     return Play(
+        raw=raw,
+        index=index,
         name=conf.get("name") or f"play #{index + 1}",
         hosts=hosts,
         runtimes=runtimes,
@@ -327,7 +447,33 @@ def load_playbook(path: str | Path) -> list[Play]:
         )  # fmt: skip
     if not raw:
         raise raw.pos.error("the playbook holds no play")
-    return [parse_play(play, raw.pos_of(i), i) for i, play in enumerate(raw)]
+    return [
+        play_header(play, raw.pos_of(i), i)
+        if has_templates(play)
+        else parse_play(play, raw.pos_of(i), i)
+        for i, play in enumerate(raw)
+    ]
+
+
+def play_header(raw: Any, at: Pos, index: int) -> Play:
+    """A play with templated values: its name, hosts and vars now; the rest per host, rendered
+    with the host's vars (Site.play_for)."""
+    loose = {
+        k: rule if k in ("name", "hosts", "vars") else Key((object,))
+        for k, rule in PLAY_KEYS.items()
+    }
+    conf = check_mapping(raw, loose, f"play #{index + 1}", at)
+    hosts = conf["hosts"]
+    return Play(
+        raw=raw,
+        index=index,
+        name=conf.get("name") or f"play #{index + 1}",
+        hosts=":".join(str(h) for h in hosts) if isinstance(hosts, list) else hosts,
+        runtimes={},
+        models=[],
+        proxy=None,
+        vars=dict(conf.get("vars") or {}),
+    )
 
 
 def default_inventory(playbook: Path) -> Path:
@@ -351,6 +497,8 @@ def load_site(
     playbook = Path(playbook)
     plays = load_playbook(playbook)
     inv = load_inventory(inventory or default_inventory(playbook))
+    site = Site(playbook, inv, plays, dict(extra_vars or {}))
     for play in plays:
-        inv.select(play.hosts)  # raises for a pattern that matches nothing
-    return Site(playbook, inv, plays, dict(extra_vars or {}))
+        for host in inv.select(play.hosts):  # raises for a pattern that matches nothing
+            site.play_for(play, host)  # a templated value wrong for any host fails now
+    return site

@@ -166,7 +166,14 @@ class SSHConnection(Connection):
     # -- files ---------------------------------------------------------------------------
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        """Copy ``local`` to ``remote``: upload beside it under a temporary name, then rename."""
+        """Copy ``local`` to ``remote``: upload beside it under a temporary name, then rename.
+
+        On a become host (``become`` and not logged in as root) the file belongs to root: it is
+        uploaded into the login user's home first, then moved into place through sudo.
+        """
+        if self.become_default and self.user != "root":
+            self._put_as_root(local, remote, mode)
+            return
         with self._sftp_lock:
             sftp = self._sftp_client()
             path = self._expand(remote)
@@ -183,6 +190,30 @@ class SSHConnection(Connection):
                 if isinstance(exc, OSError):
                     raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
                 raise
+
+    def _put_as_root(self, local: Path, remote: str, mode: int) -> None:
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            staged = posixpath.join(self._home_dir(), f".toolkit-upload-{secrets.token_hex(8)}")
+            try:
+                sftp.put(str(local), staged, confirm=True)
+            except OSError as exc:
+                with contextlib.suppress(OSError, paramiko.SSHException):
+                    sftp.remove(staged)
+                raise OSError(exc.errno, f"{self.name}: cannot upload {remote}: {exc}") from exc
+        # As root: `~` is root's home; copy beside the target, then rename (atomic).
+        target = '"$HOME"' + quote(remote[1:]) if remote.startswith("~/") else quote(remote)
+        result = self.run(
+            f'tk_dest={target}; tk_tmp="$tk_dest.toolkit-$$.tmp"; '
+            f'mkdir -p "$(dirname "$tk_dest")" && cp {quote(staged)} "$tk_tmp" && '
+            f'chmod {mode:o} "$tk_tmp" && mv -f "$tk_tmp" "$tk_dest"; tk_rc=$?; '
+            f'rm -f {quote(staged)} "$tk_tmp"; exit $tk_rc',
+            become=True,
+        )
+        if not result.ok:
+            raise OSError(
+                f"{self.name}: cannot put {remote} as root: {result.stderr.strip()[-300:]}"
+            )
 
     def get(self, remote: str, local: Path) -> None:
         """Copy ``remote`` to ``local`` (written under a temporary name, then renamed)."""

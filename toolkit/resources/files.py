@@ -9,6 +9,8 @@ from collections.abc import Callable
 from toolkit.hosts.connection import quote
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 
+END = "@@toolkit-end@@"  # ends a file's content in the probe's output
+
 
 class File(Resource):
     """A file under the data dir whose content is computed from the host's context."""
@@ -21,26 +23,30 @@ class File(Resource):
 
     def probe(self, options: RunOptions) -> str:
         path = f'"$TK_DATA"/{quote(self.relpath)}'
-        snippet = f"tk_sha {path}"
-        if options.diff:
-            snippet += f"; echo; cat {path} 2>/dev/null"
-        return snippet
+        if not options.diff:
+            return f"tk_sha {path}"
+        # One sha line (empty when there is no file), the content as it is, then an end mark
+        # (so a last line without its newline, and trailing blank lines, survive).
+        return f"printf '%s\\n' \"$(tk_sha {path})\"; cat {path} 2>/dev/null; echo {END}"
 
     def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
         wanted = self.content(ctx)
         current_sha, _, current_text = observed.partition("\n")
+        current_text = current_text.removesuffix(END)
         if current_sha.strip() == hashlib.sha256(wanted).hexdigest():
             return None
         summary = "update" if current_sha.strip() else "create"
         diff = ""
         if ctx.options.diff:
+            lines = difflib.unified_diff(
+                current_text.splitlines(keepends=True) if current_sha.strip() else [],
+                wanted.decode(errors="replace").splitlines(keepends=True),
+                fromfile=f"{ctx.path(self.relpath)} (current)",
+                tofile=f"{ctx.path(self.relpath)} (wanted)",
+            )
             diff = "".join(
-                difflib.unified_diff(
-                    current_text.splitlines(keepends=True) if current_sha.strip() else [],
-                    wanted.decode(errors="replace").splitlines(keepends=True),
-                    fromfile=f"{ctx.path(self.relpath)} (current)",
-                    tofile=f"{ctx.path(self.relpath)} (wanted)",
-                )
+                line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                for line in lines
             )
         return Change(self, summary, diff, data=wanted)
 
