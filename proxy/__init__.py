@@ -12,16 +12,21 @@ def serve(
     *,
     allow_unauthenticated: bool = False,
     access_log: bool = True,
-) -> None:
-    """Run the proxy for ``routes_path`` on ``host:port`` until interrupted (blocking)."""
+    workers: int = 1,
+) -> int:
+    """Run the proxy for ``routes_path`` on ``host:port`` until interrupted (blocking).
+
+    ``workers`` > 1 runs that many processes on the port under a supervising parent; returns the
+    exit status (0 once stopped by SIGTERM/SIGINT)."""
     from .server import serve as _serve
 
-    _serve(
+    return _serve(
         routes_path,
         host,
         port,
         allow_unauthenticated=allow_unauthenticated,
         access_log=access_log,
+        workers=workers,
     )
 
 

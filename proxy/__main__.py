@@ -20,19 +20,30 @@ def main(argv: list[str] | None = None) -> int:
         help="listen on a non-loopback address even with no API keys configured",
     )
     parser.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the port (default 1); a crashed one is restarted",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
-        serve(
+        return serve(
             args.routes,
             args.host,
             args.port,
             allow_unauthenticated=args.allow_unauthenticated,
             access_log=not args.no_access_log,
+            workers=args.workers,
         )
     except (RoutesError, UnsafeBind) as exc:
         print(f"proxy: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as exc:
+        print(f"proxy: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

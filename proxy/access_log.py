@@ -32,6 +32,7 @@ class AccessLog:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self._lines: list[str] = []
+        self._middles: dict[tuple[str, str, str], str] = {}
         self._scheduled = False
 
     def write(
@@ -47,19 +48,24 @@ class AccessLog:
     ) -> None:
         if not self.enabled:
             return
-        record: dict[str, object] = {
-            "ts": round(time.time(), 3),
-            "path": path,
-            "model": model,
-            "backend": backend,
-            "status": status,
-            "latency_ms": round(latency * 1000, 2),
-            "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 2),
-            "tokens": tokens,
-        }
-        if error:
-            record["error"] = error
-        self._lines.append(json.dumps(record))
+        # formatted by hand (same JSON, same key order as json.dumps of a dict): json.dumps per
+        # request was ~3% of the proxy's CPU; the strings are encoded once per combination
+        key = (path, model, backend)
+        middle = self._middles.get(key)
+        if middle is None:
+            if len(self._middles) > 4096:
+                self._middles.clear()
+            middle = self._middles[key] = (
+                f',"path":{json.dumps(path)},"model":{json.dumps(model)},'
+                f'"backend":{json.dumps(backend)},"status":'
+            )
+        line = (
+            f'{{"ts":{round(time.time(), 3)!r}{middle}{status},'
+            f'"latency_ms":{round(latency * 1000, 2)!r},'
+            f'"ttfb_ms":{"null" if ttfb is None else repr(round(ttfb * 1000, 2))},'
+            f'"tokens":{"null" if tokens is None else tokens}'
+        )
+        self._lines.append(f'{line},"error":{json.dumps(error)}}}' if error else line + "}")
         if len(self._lines) >= FLUSH_LINES:
             self.flush()
         elif not self._scheduled:

@@ -232,6 +232,7 @@ class Pool:
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
         self.host_header = (host if default_port else f"{host}:{self.port}").encode()
         self._idle: deque[_Connection] = deque()
+        self._heads: dict[tuple[bytes, str, bytes], bytes] = {}
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
     async def request(
@@ -244,20 +245,24 @@ class Pool:
     ) -> Response:
         """Send a request and wait for the response's headers (not its body)."""
         connection = await self._acquire(connect_timeout)
-        head = b"".join(
-            (
-                method,
-                b" ",
-                path.encode(),
-                b" HTTP/1.1\r\nHost: ",
-                self.host_header,
-                b"\r\nContent-Type: ",
-                content_type,
-                b"\r\nContent-Length: ",
-                str(len(body)).encode(),
-                b"\r\n\r\n",
+        key = (method, path, content_type)
+        prefix = self._heads.get(key)
+        if prefix is None:  # the head is the same for every request but its length
+            if len(self._heads) > 256:
+                self._heads.clear()
+            prefix = self._heads[key] = b"".join(
+                (
+                    method,
+                    b" ",
+                    path.encode(),
+                    b" HTTP/1.1\r\nHost: ",
+                    self.host_header,
+                    b"\r\nContent-Type: ",
+                    content_type,
+                    b"\r\nContent-Length: ",
+                )
             )
-        )
+        head = b"%s%d\r\n\r\n" % (prefix, len(body))
         try:
             return await connection.send(head, body)
         except BaseException:

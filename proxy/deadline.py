@@ -14,9 +14,14 @@ class Deadline:
 
     __slots__ = ("_loop", "_task", "_handle", "expired")
 
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        task: asyncio.Task[object] | None = None,
+    ) -> None:
+        # given by the caller on the hot path: each lookup is a getpid() system call
+        self._loop = loop or asyncio.get_running_loop()
+        self._task = task or asyncio.current_task(self._loop)
         self._handle: asyncio.TimerHandle | None = None
         self.expired = False
 

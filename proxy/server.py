@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from .app import create_app
+from .http import CoalescingHttpToolsProtocol
 from .table import load_table
 
 
@@ -51,18 +54,36 @@ def serve(
     *,
     allow_unauthenticated: bool = False,
     access_log: bool = True,
-) -> None:
-    """Run the proxy until interrupted. Raises RoutesError or UnsafeBind before binding."""
+    workers: int = 1,
+) -> int:
+    """Run the proxy until interrupted; returns the exit status (0 after SIGTERM/SIGINT).
+
+    Raises RoutesError or UnsafeBind before binding, OSError when the address is taken. With
+    ``workers`` > 1 the proxy runs as that many processes (see ``workers.py``)."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
     check_bind(routes_path, host, allow_unauthenticated)
     configure_logging()
-    uvicorn.run(
-        create_app(routes_path, access_log=access_log),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        date_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    if workers > 1:
+        from .workers import run_workers
+
+        return run_workers(lambda sock: run_one(routes_path, access_log, sock), host, port, workers)
+    uvicorn.run(create_app(routes_path, access_log=access_log), host=host, port=port, **UVICORN)
+    return 0
+
+
+UVICORN: dict[str, Any] = {
+    "http": CoalescingHttpToolsProtocol,
+    "log_level": "warning",
+    "access_log": False,
+    "server_header": False,
+    "proxy_headers": False,
+    "date_header": False,
+    "timeout_graceful_shutdown": 30,
+}
+
+
+def run_one(routes_path: str | Path, access_log: bool, sock: socket.socket) -> None:
+    """One worker process: the app under uvicorn on an already listening socket."""
+    config = uvicorn.Config(create_app(routes_path, access_log=access_log), **UVICORN)
+    uvicorn.Server(config).run(sockets=[sock])

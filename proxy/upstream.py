@@ -75,8 +75,16 @@ class Upstream:
     def close(self) -> None:
         self.client.close()
 
-    async def forward(self, request: ProxiedRequest, send: Send) -> None:
-        """Send ``request`` to the best backend that answers, and relay the answer to ``send``."""
+    async def forward(
+        self,
+        request: ProxiedRequest,
+        send: Send,
+        loop: asyncio.AbstractEventLoop | None = None,
+        task: asyncio.Task[object] | None = None,
+    ) -> None:
+        """Send ``request`` to the best backend that answers, and relay the answer to ``send``.
+
+        ``loop`` and ``task`` (the running ones) save looking them up."""
         target = request.target
         model = target.route.name
         now = time.monotonic()
@@ -84,7 +92,7 @@ class Upstream:
         if not choices:
             self.metrics.error(model, "", "no_backend")
             raise _no_backend(target, now, "all backends are down")
-        deadline = Deadline()
+        deadline = Deadline(loop, task)
         last_error = ""
         same_backend_retry = True
         index = 0
