@@ -9,8 +9,8 @@ from .routes import RoutesError
 from .server import UnsafeBind, serve
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="proxy", description="OpenAI-compatible routing proxy")
+def main(argv: list[str] | None = None, prog: str = "python -m proxy") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="OpenAI-compatible routing proxy")
     parser.add_argument("--routes", required=True, help="the routes file (YAML)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

@@ -244,10 +244,11 @@ def test_refuses_open_proxy_on_public_address(standin, tmp_path):
     assert "--allow-unauthenticated" in result.stderr
 
 
-def test_bad_routes_file_names_file_and_line(tmp_path):
+@pytest.mark.parametrize("command", [["-m", "proxy"], ["-m", "toolkit.cli", "proxy"]])
+def test_bad_routes_file_names_file_and_line(tmp_path, command):
     routes = tmp_path / "routes.yml"
     routes.write_text("models:\n  m:\n    backends:\n      - {url: 'ftp://x'}\n")
-    argv = [sys.executable, "-m", "proxy", "--routes", str(routes)]
+    argv = [sys.executable, *command, "--routes", str(routes)]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{routes}:4:" in result.stderr

@@ -190,15 +190,17 @@ def history(last):
         )
 
 
-@main.command()
-@click.option("--routes", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True)
-def proxy(routes, host, port):
-    """Run the OpenAI proxy alone, from a routes file."""
-    import proxy as proxy_package
+@main.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def proxy(args):
+    """Run the OpenAI proxy alone: --routes FILE [--host H] [--port P] [--workers N]
+    [--allow-unauthenticated] [--no-access-log] (the same as `python -m proxy`)."""
+    from proxy.__main__ import main as proxy_main
 
-    proxy_package.serve(routes, host, port)
+    sys.exit(proxy_main(list(args), prog="toolkit proxy"))
 
 
 if __name__ == "__main__":

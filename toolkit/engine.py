@@ -8,9 +8,11 @@ A host that fails is reported and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +183,22 @@ def design_key(facts: Facts) -> tuple:
     )
 
 
+@contextlib.contextmanager
+def host_failure(result: HostResult) -> Iterator[None]:
+    """Record a failure of one host's work in its result: the other hosts go on."""
+    try:
+        yield
+    except HostUnreachable as exc:
+        result.failed = result.unreachable = True
+        result.error = str(exc)
+    except (ToolkitError, CommandFailed, OSError) as exc:
+        result.failed = True
+        result.error = str(exc)
+    except Exception as exc:  # a bug must not stop the other hosts
+        result.failed = True
+        result.error = f"internal error: {type(exc).__name__}: {exc}"
+
+
 class Engine:
     def __init__(
         self,
@@ -224,19 +242,10 @@ class Engine:
     def run_host(self, play: Play, host: Host) -> HostResult:
         result = HostResult(host.name, play.name, address=host.address)
         started = time.monotonic()
-        try:
+        with host_failure(result):
             play = self.site.play_for(play, host)  # its templated values rendered for this host
             conn = self.connection(host)
             self.converge(play, host, conn, result)
-        except HostUnreachable as exc:
-            result.failed = result.unreachable = True
-            result.error = str(exc)
-        except (ToolkitError, CommandFailed, OSError) as exc:
-            result.failed = True
-            result.error = str(exc)
-        except Exception as exc:  # a bug must not stop the other hosts
-            result.failed = True
-            result.error = f"internal error: {type(exc).__name__}: {exc}"
         result.seconds = time.monotonic() - started
         conn = self.connections.get(host.name)
         result.round_trips = conn.round_trips if conn else 0
@@ -346,7 +355,7 @@ def stop_all(
 
     def stop(play: Play, host: Host) -> HostResult:
         result = HostResult(host.name, play.name, address=host.address)
-        try:
+        with host_failure(result):
             conn = engine.connection(host)
             data_dir = checked_data_dir(host_vars(site, play, host))
             facts, _ = engine.probe(conn, data_dir, [])
@@ -357,12 +366,6 @@ def stop_all(
                 f"stopping services with {design.manager.name}",
                 timeout=120,
             )
-        except HostUnreachable as exc:
-            result.failed = result.unreachable = True
-            result.error = str(exc)
-        except (ToolkitError, CommandFailed, OSError) as exc:
-            result.failed = True
-            result.error = str(exc)
         reporter.host_done(result)
         return result
 
