@@ -21,7 +21,8 @@ or a private bed of any size::
         ...
 
 Needs root (to run sshd and create users) and the Debian packages openssh-server and sudo.
-Without them the fixtures skip, unless TOOLKIT_REQUIRE_SSHBED=1 makes that a failure.
+Without them the tests that use the bed fail, saying what is missing; set TOOLKIT_SKIP_SSHBED=1
+to skip them instead on a machine that cannot have them.
 Everything started is stopped by pid at the end; the OS users stay (their sudo rights do not).
 """
 
@@ -300,9 +301,9 @@ def _acquire_shared() -> SSHBed:
             try:
                 _shared = SSHBed(count=len(SHARED_SUDO), sudo=SHARED_SUDO).start()
             except BedUnavailable as exc:
-                if os.environ.get("TOOLKIT_REQUIRE_SSHBED") == "1":
-                    pytest.fail(f"sshd test bed unavailable: {exc}")
-                pytest.skip(f"sshd test bed unavailable: {exc}")
+                if os.environ.get("TOOLKIT_SKIP_SSHBED") == "1":
+                    pytest.skip(f"sshd test bed unavailable: {exc}")
+                pytest.fail(f"sshd test bed unavailable: {exc} (TOOLKIT_SKIP_SSHBED=1 skips)")
         _shared_users += 1
         return _shared
 

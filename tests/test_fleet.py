@@ -334,6 +334,27 @@ def test_limit_narrows_the_run(fleet):
     assert re.search(r"apply .*hosts=1 .*changed=0", history.stdout), history.stdout
 
 
+def test_each_play_of_a_playbook_runs_on_its_own_hosts(fleet, tmp_path):
+    """Two plays: the first on one host, the second on a group less that host, with a play var
+    that differs; each host is worked on by its play only, and a converged host stays as it is."""
+    first, second = (
+        playbook(fleet.model, fleet.sha256, hosts="tkhost1")[0],
+        playbook(fleet.model, fleet.sha256, hosts="bed:!tkhost1:!tkhost4")[0],
+    )
+    first["name"], second["name"] = "one", "two"
+    second["vars"] = {"ctx": 4096}  # play vars reach the play's templated values
+    plays = tmp_path / "two-plays.yml"
+    plays.write_text(yaml.safe_dump([first, second]))
+    check = fleet.apply("--check", "--json", playbook=plays)
+    assert check.returncode == 2, check.stdout + check.stderr  # the second play changes ctx
+    assert [(e["play"], e["hosts"]) for e in events(check, "play")] == [
+        ("one", ["tkhost1"]),
+        ("two", ["tkhost2", "tkhost3"]),
+    ]
+    changed = {e["host"] for e in events(check, "change")}
+    assert changed == {"tkhost2", "tkhost3"}, check.stdout
+
+
 def test_check_and_diff_show_the_change_and_change_nothing(fleet):
     host = fleet.hosts[1]
     routes = host.home / ".local/share/toolkit/proxy/routes.yml"

@@ -115,6 +115,27 @@ def test_the_quick_start_playbook_is_valid():
     assert play.proxy.port == 8080
 
 
+def test_the_fleet_playbook_targets_the_example_inventory_play_by_play():
+    from tests.conftest import REPO
+    from toolkit.site import load_site
+
+    site = load_site(REPO / "playbooks/fleet.yml", REPO / "inventory/example.yml")
+    targets = [(play.name, [h.name for h in hosts]) for play, hosts in site.targets()]
+    assert targets == [
+        ("gpu servers", ["gpu1", "gpu2"]),
+        ("cpu servers and phones", ["cpu1", "cpu2", "pixel7"]),
+    ]
+    (gpu_play, gpus), (cpu_play, others) = site.targets()
+    gpu = site.play_for(gpu_play, gpus[0]).models[0].args
+    assert (gpu["n_gpu_layers"], gpu["ctx_size"]) == (99, 8192)
+    assert site.play_for(cpu_play, others[-1]).models[0].args["ctx_size"] == 2048
+    narrowed = load_site(
+        REPO / "playbooks/fleet.yml", REPO / "inventory/example.yml", {"gpu_layers": "20"}
+    )  # -e wins over play vars
+    play, hosts = narrowed.targets("gpu2")[0]
+    assert narrowed.play_for(play, hosts[0]).models[0].args["n_gpu_layers"] == 20
+
+
 def test_cli_reports_the_error_and_runs_nothing(tmp_path):
     from click.testing import CliRunner
 
