@@ -251,6 +251,8 @@ def main() -> int:
     )
     parser.add_argument("--skip-ansible", action="store_true")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the sshd bed and every service are stopped by pid
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     counts = [int(n) for n in args.hosts.split(",")]
     ansible = None if args.skip_ansible else ensure_ansible(args.ansible_venv)
 

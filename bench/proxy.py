@@ -189,6 +189,11 @@ def wrk(url: str, connections: int, seconds: float, script: Path) -> Load:
     if found is None:
         raise RuntimeError(f"wrk failed on {url}: {done.stderr or out}")
     rps = float(found.group(1))
+    failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if failed or (errors and any(int(n) for n in errors.groups())):
+        # a target answering errors fast must not pass for a fast target
+        raise RuntimeError(f"wrk on {url}: not every answer was a success:\n{out}")
 
     def percentile(name: str) -> float:
         value, unit = re.search(rf"\s{name}%\s+([\d.]+)(us|ms|s)", out).groups()
@@ -461,8 +466,9 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     if "direct" not in targets:
         return 0
     added = results["proxy", 1].p50_ms - results["direct", 1].p50_ms
-    if litellm:
-        versus = f"{ours.rps / results['litellm', 16].rps:.0f}× LiteLLM"
+    if litellm and results["litellm", 16].rps > 0:
+        times = ours.rps / results["litellm", 16].rps
+        versus = f"{times:.0f}× LiteLLM" if times >= 10 else f"{times:.1f}× LiteLLM"
     else:
         versus = "n/a× LiteLLM (not measured)"
     coalesced = streams["proxy"].coalesced if "proxy" in streams else "n/a"
@@ -474,7 +480,7 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         share = "n/a% of nginx (nginx-tuned not measured)"
     print(
         f"proxy: {ours.rps:.0f} req/s = {share}, {versus}; "
-        f"+{added:.2f} ms p50 at c=1; {coalesced} coalesced chunks"
+        f"{added:+.2f} ms p50 at c=1; {coalesced} coalesced chunks"
     )
     return 0
 

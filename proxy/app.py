@@ -41,7 +41,9 @@ PROXIED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/
 class Proxy:
     """Everything one running proxy holds: the live table, the upstream client, the checkers."""
 
-    def __init__(self, routes_path: str | Path, access_log: bool = True) -> None:
+    def __init__(
+        self, routes_path: str | Path, access_log: bool = True, require_keys: bool = False
+    ) -> None:
         self.routes_path = Path(routes_path)
         self.table: RouteTable = load_table(self.routes_path)
         self.metrics = Metrics(self.backends)
@@ -52,7 +54,7 @@ class Proxy:
             self.backends,
             lambda: self.table.routes.health_interval,
         )
-        self.watcher = RoutesWatcher(self.routes_path, lambda: self.table, self._swap)
+        self.watcher = RoutesWatcher(self.routes_path, lambda: self.table, self._swap, require_keys)
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
 
     def backends(self) -> list[Backend]:
@@ -103,7 +105,7 @@ class ProxyEndpoint:
             latency = time.perf_counter() - started
             self.proxy.metrics.observe("", "", exc.status, latency, None)
             self.proxy.access_log.write(
-                self.path, "", "", exc.status, latency, None, None, exc.message
+                self.path, exc.model, "", exc.status, latency, None, None, exc.message
             )
             return
         await self._forward(request, receive, send)
@@ -257,6 +259,7 @@ def _not_found(model: str, table: RouteTable) -> ProxyError:
         f"The model {model!r} does not exist; models here: {table.model_names}",
         code="model_not_found",
         param="model",
+        model=model,
     )
 
 
@@ -300,9 +303,12 @@ class ProxyApp:
         await self.fallback(scope, receive, send)
 
 
-def create_app(routes_path: str | Path, *, access_log: bool = True) -> ProxyApp:
-    """The proxy for the routes file at ``routes_path`` (raises RoutesError if it is wrong)."""
-    proxy = Proxy(routes_path, access_log=access_log)
+def create_app(
+    routes_path: str | Path, *, access_log: bool = True, require_keys: bool = False
+) -> ProxyApp:
+    """The proxy for the routes file at ``routes_path`` (raises RoutesError if it is wrong).
+    ``require_keys``: a reload that leaves no API key is refused (a proxy open to the network)."""
+    proxy = Proxy(routes_path, access_log=access_log, require_keys=require_keys)
 
     async def models(request: Request) -> Response:
         denied = _authorized(proxy, request)

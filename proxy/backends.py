@@ -47,11 +47,13 @@ class Backend:
 
 
 def candidates(backends: list[Backend], now: float) -> list[Backend]:
-    """Usable backends, best first: a free slot, then fewest requests in flight."""
+    """Usable backends, best first: healthy ones before those whose cool-off has just ended
+    (they are tried last, so a burst does not pile onto a backend that may still be down), then
+    a free slot, then fewest requests in flight."""
     if len(backends) == 1:
         return backends if backends[0].usable(now) else []
     usable = [backend for backend in backends if backend.usable(now)]
-    usable.sort(key=lambda b: (not b.has_free_slot(), b.in_flight, not b.healthy))
+    usable.sort(key=lambda b: (not b.healthy, not b.has_free_slot(), b.in_flight))
     return usable
 
 

@@ -33,8 +33,10 @@ class ProxyError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        model: str = "",
     ) -> None:
         super().__init__(message)
+        self.model = model  # the model the request named, when known (for the access log)
         self.status = status
         self.message = message
         self.type = type_

@@ -1,6 +1,8 @@
 """Reloading the routes file when it changes (mtime poll) or on SIGHUP.
 
-A bad file is reported and ignored: the proxy keeps serving with the routes it had.
+A bad file is reported and ignored: the proxy keeps serving with the routes it had. So is a file
+that leaves no API keys on a proxy that needs them (it listens beyond loopback and was not told
+``--allow-unauthenticated``): emptying the keys file must not open the proxy to the network.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ POLL_SECONDS = 1.0
 
 class RoutesWatcher:
     def __init__(
-        self, path: Path, current: Callable[[], RouteTable], apply: Callable[[RouteTable], None]
+        self,
+        path: Path,
+        current: Callable[[], RouteTable],
+        apply: Callable[[RouteTable], None],
+        require_keys: bool = False,
     ) -> None:
         self.path = path
+        self.require_keys = require_keys
         self._current = current
         self._apply = apply
         self._seen = self._stamp()
@@ -47,6 +54,13 @@ class RoutesWatcher:
             table = load_table(self.path, pool=self._current().backends)
         except RoutesError as exc:
             logger.error("routes not reloaded, keeping the previous ones: %s", exc)
+            return False
+        if self.require_keys and not table.keys:
+            logger.error(
+                "routes not reloaded, keeping the previous ones: %s leaves no API key, and this "
+                "proxy listens beyond loopback",
+                self.path,
+            )
             return False
         self._apply(table)
         self._seen = self._stamp()

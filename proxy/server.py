@@ -29,9 +29,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(routes_path: str | Path, host: str, allow_unauthenticated: bool) -> None:
+def check_bind(routes_path: str | Path, host: str, require_keys: bool) -> None:
     table = load_table(routes_path)
-    if not table.keys and not is_loopback(host) and not allow_unauthenticated:
+    if require_keys and not table.keys:
         raise UnsafeBind(
             f"refusing to listen on {host} without API keys: set keys_file in the routes file or "
             "TOOLKIT_API_KEYS, or pass --allow-unauthenticated"
@@ -62,13 +62,18 @@ def serve(
     ``workers`` > 1 the proxy runs as that many processes (see ``workers.py``)."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    check_bind(routes_path, host, allow_unauthenticated)
+    require_keys = not is_loopback(host) and not allow_unauthenticated
+    check_bind(routes_path, host, require_keys)
     configure_logging()
+
+    def app() -> Any:
+        return create_app(routes_path, access_log=access_log, require_keys=require_keys)
+
     if workers > 1:
         from .workers import run_workers
 
-        return run_workers(lambda sock: run_one(routes_path, access_log, sock), host, port, workers)
-    uvicorn.run(create_app(routes_path, access_log=access_log), host=host, port=port, **UVICORN)
+        return run_workers(lambda sock: run_one(app(), sock), host, port, workers)
+    uvicorn.run(app(), host=host, port=port, **UVICORN)
     return 0
 
 
@@ -83,7 +88,7 @@ UVICORN: dict[str, Any] = {
 }
 
 
-def run_one(routes_path: str | Path, access_log: bool, sock: socket.socket) -> None:
+def run_one(app: Any, sock: socket.socket) -> None:
     """One worker process: the app under uvicorn on an already listening socket."""
-    config = uvicorn.Config(create_app(routes_path, access_log=access_log), **UVICORN)
+    config = uvicorn.Config(app, **UVICORN)
     uvicorn.Server(config).run(sockets=[sock])

@@ -51,3 +51,11 @@ def test_models_on_one_server_share_its_backend_across_reloads(tmp_path):
     shared.in_flight = 3
     reloaded = load_table(routes, pool=table.backends)
     assert reloaded.targets["a"].backends[0] is shared  # health and load survive a reload
+
+
+def test_a_backend_out_of_its_cool_off_comes_after_the_healthy_ones():
+    resting, busy = Backend("http://resting", "openai"), Backend("http://busy", "openai")
+    resting.mark_down(now=100.0)
+    busy.in_flight = 7
+    assert candidates([resting, busy], now=100.5) == [busy]  # still resting
+    assert candidates([resting, busy], now=102.0) == [busy, resting]  # idle, but unproven

@@ -302,6 +302,75 @@ def test_reload_on_change_and_bad_file_kept_out(standin, start_proxy):
     assert model_ids() == ["n"]
 
 
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    """Poll ``condition`` every 0.05 s for at most ``seconds``."""
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_sighup_alone_reloads_the_routes(standin, start_proxy):
+    """The file is rewritten in place with its size and mtime kept, so the mtime poll cannot see
+    it: only the SIGHUP makes the proxy read it."""
+    proxy = start_proxy(routes_for("m", standin.url))
+    stat = proxy.routes_path.stat()
+    text = proxy.routes_path.read_text()
+    with open(proxy.routes_path, "r+") as same_inode:
+        same_inode.write(text.replace("  m:", "  n:"))
+    os.utime(proxy.routes_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    def ids() -> list[str]:
+        return [m["id"] for m in httpx.get(proxy.url + "/v1/models").json()["data"]]
+
+    time.sleep(2.5)  # two and a half mtime polls
+    assert ids() == ["m"]
+    proxy.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: ids() == ["n"]), proxy.log()
+
+
+def test_a_reload_that_drops_every_key_is_refused_beyond_loopback(standin, start_proxy, tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("the-key\n")
+    routes = {**routes_for("m", standin.url), "keys_file": str(keys_file)}
+    proxy = start_proxy(routes, args=("--host", "0.0.0.0"))  # traffic still goes to 127.0.0.1
+    keys_file.write_text("")
+    assert wait_until(lambda: "leaves no API key" in proxy.log()), proxy.log()
+    assert httpx.get(proxy.url + "/v1/models").status_code == 401  # still closed
+    keyed = httpx.get(proxy.url + "/v1/models", headers={"Authorization": "Bearer the-key"})
+    assert keyed.status_code == 200
+
+
+def test_each_runtime_is_checked_at_its_own_liveness_path(start_proxy):
+    expected = {"llamacpp": "/health", "ollama": "/api/version", "llamaedge": "/v1/models"}
+    with StandIn() as llamacpp, StandIn() as ollama, StandIn() as llamaedge:
+        standins = {"llamacpp": llamacpp, "ollama": ollama, "llamaedge": llamaedge}
+        models = {}
+        for runtime, upstream in standins.items():
+            models.update(routes_for(runtime, upstream.url, runtime=runtime)["models"])
+        start_proxy({"models": models, "health_interval": 0.2})
+        assert wait_until(lambda: all(len(s.checked) >= 2 for s in standins.values()))
+        for runtime, upstream in standins.items():
+            assert set(upstream.checked) - {"/slots"} == {expected[runtime]}, runtime
+
+
+def test_every_request_gets_one_json_access_log_line(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+    assert httpx.post(proxy.url + "/v1/chat/completions", json=chat()).status_code == 200
+    assert httpx.post(proxy.url + "/v1/chat/completions", json=chat("nope")).status_code == 404
+
+    def lines() -> list[dict]:
+        return [json.loads(ln) for ln in proxy.log().splitlines() if ln.startswith('{"ts"')]
+
+    assert wait_until(lambda: len(lines()) >= 2), proxy.log()
+    ok = next(line for line in lines() if line["status"] == 200)
+    assert ok["path"] == "/v1/chat/completions" and ok["model"] == "m"
+    assert ok["backend"] == standin.url and ok["tokens"] > 0
+    assert 0 < ok["ttfb_ms"] <= ok["latency_ms"]
+    assert any(line["status"] == 404 and line["model"] == "nope" for line in lines())
+
+
 def test_200_concurrent_streams(start_proxy):
     chunks = 20
     with StandIn(chunks=chunks, delay=0.01) as upstream:

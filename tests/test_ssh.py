@@ -97,6 +97,33 @@ def test_one_connection_is_reused_for_every_call(ssh_hosts, tmp_path):
     assert host.logins() - logins_before == 1
 
 
+def test_a_key_held_by_ssh_agent_logs_in(ssh_hosts, tmp_path, monkeypatch):
+    """No key file and no ~/.ssh keys: only the agent holds the key. Without the agent the same
+    login is refused, so it is the agent that logs in."""
+    host = ssh_hosts[1]
+    monkeypatch.setenv("HOME", str(tmp_path))  # paramiko finds no ~/.ssh/id_* keys here
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(HostUnreachable), open_ssh(host, key_file=None) as conn:
+        conn.run("true")
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL
+    )  # -D: in the foreground, so the test owns its pid
+    try:
+        for _ in range(100):
+            if socket_path.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
+        subprocess.run(["ssh-add", "-q", str(host.key_file)], env=env, check=True, timeout=30)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        with open_ssh(host, key_file=None) as conn:
+            assert conn.run("id -un").stdout.strip() == host.user
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
 def test_threads_share_one_connection(ssh_hosts):
     host = ssh_hosts[3]
     logins_before = host.logins()

@@ -44,6 +44,7 @@ class StandIn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests = 0  # completions/embeddings requests received
         self.bodies: list[dict[str, Any]] = []
+        self.checked: list[str] = []  # the paths of the health checks it answered
         self.client_closed = threading.Event()  # a stream's reader went away before its end
         self.closed_at: float | None = None
         self.stream_started = threading.Event()
@@ -73,6 +74,7 @@ class StandIn:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._health)
+        app.router.add_get("/api/version", self._health)  # Ollama's liveness
         app.router.add_post("/v1/chat/completions", self._completion)
         app.router.add_post("/v1/completions", self._completion)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -82,6 +84,7 @@ class StandIn:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _health(self, request: web.Request) -> web.Response:
+        self.checked.append(request.path)
         if self.health_status:
             return web.json_response({"status": "ok"}, status=self.health_status)
         if self.mode == "loading":
