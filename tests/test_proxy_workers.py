@@ -90,9 +90,14 @@ def test_a_crashed_worker_is_restarted(workers_proxy):
     before = children_of(parent)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    assert wait_for(lambda: len(children_of(parent)) == 2 and victim not in children_of(parent))
+
+    def replaced() -> bool:  # one reading of the process table: two readings could disagree
+        now = children_of(parent)
+        return len(now) == 2 and victim not in now
+
+    assert wait_for(replaced), workers_proxy.log()
     after = children_of(parent)
-    assert after - before, "no new worker"
+    assert after - before, "no new worker\n" + workers_proxy.log()
     for _ in range(10):
         assert chat(workers_proxy.url).status_code == 200
     assert "ended (signal 9)" in workers_proxy.log()
