@@ -52,26 +52,24 @@ class HostResult:
         return len(self.changes)
 
 
-def host_vars(site: Site, play: Play, host: Host) -> dict[str, Any]:
-    """Ansible's precedence, low to high: inventory (group, then host) vars, play vars, -e."""
-    return site.vars_for(play, host)
-
-
 UNSAFE_IN_DATA_DIR = '$`"\\'
 
 
-def checked_data_dir(variables: dict[str, Any]) -> str | None:
+def has_control_character(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+def checked_data_dir(data_dir: Any) -> str | None:
     """``toolkit_data_dir``, refused when it holds a character that is not safe everywhere it
     goes: control characters (a newline would split the lines of service definitions), and
     $ ` " \\, because pip writes the virtualenv's path into a double-quoted shell line at the
     top of the scripts it installs (venv/bin/supervisord) when that path holds a space."""
-    data_dir = variables.get("toolkit_data_dir")
     if data_dir is None:
         return None
     data_dir = str(data_dir)
     if (
         not data_dir
-        or any(ord(ch) < 32 or ord(ch) == 127 for ch in data_dir)
+        or has_control_character(data_dir)
         or any(ch in UNSAFE_IN_DATA_DIR for ch in data_dir)
     ):
         raise ToolkitError(
@@ -86,7 +84,7 @@ def check_service_values(design: HostDesign) -> None:
     definitions are line-based (supervisord, systemd), so a newline in a value could add lines."""
     for service in design.services:
         for value in [*service.argv, service.workdir, *service.env.values()]:
-            if any(ord(ch) < 32 or ord(ch) == 127 for ch in str(value)):
+            if has_control_character(str(value)):
                 raise ToolkitError(
                     f"service {service.name}: value {value!r} holds a control character "
                     "(newline, tab...); refusing to write its definition"
@@ -267,8 +265,8 @@ class Engine:
         return parse_facts(facts_text), observed
 
     def converge(self, play: Play, host: Host, conn: Connection, result: HostResult) -> None:
-        variables = host_vars(self.site, play, host)
-        data_dir = checked_data_dir(variables)
+        variables = self.site.vars_for(play, host)
+        data_dir = checked_data_dir(variables.get("toolkit_data_dir"))
         cached = self.facts_cache.load(host, data_dir)
         design = design_host(play, host, cached) if cached else None
         verify = None if self.options.check or design is None else health_spec(design, 0)
@@ -278,7 +276,7 @@ class Engine:
             verify = None if self.options.check else health_spec(design, 0)
             facts, observed = self.probe(conn, data_dir, design.resources, verify)
         self.facts_cache.save(host, data_dir, facts)
-        checked_data_dir({"toolkit_data_dir": facts.data_dir})  # also when it comes from $HOME
+        checked_data_dir(facts.data_dir)  # also when it comes from $HOME
         check_service_values(design)
         result.facts, result.design = facts, design
         self.reporter.facts(host.name, facts, design)
@@ -357,7 +355,7 @@ def stop_all(
         result = HostResult(host.name, play.name, address=host.address)
         with host_failure(result):
             conn = engine.connection(host)
-            data_dir = checked_data_dir(host_vars(site, play, host))
+            data_dir = checked_data_dir(site.vars_for(play, host).get("toolkit_data_dir"))
             facts, _ = engine.probe(conn, data_dir, [])
             design = design_host(site.play_for(play, host), host, facts)
             script = design.manager.stop_script(design.services)

@@ -133,6 +133,16 @@ class Host:
                     return found
         return None
 
+    @property
+    def known_hosts(self) -> Path | None:
+        """``-o UserKnownHostsFile=PATH`` from the ssh arguments, as Ansible passes it to ssh;
+        None means ~/.ssh/known_hosts."""
+        for key in SSH_ARGS_KEYS:
+            for name, value in ssh_options(str(self.vars.get(key) or "")):
+                if name == "userknownhostsfile" and value:
+                    return Path(value).expanduser()
+        return None
+
 
 @dataclass
 class Group:
@@ -270,32 +280,36 @@ def _check_jump_spec(spec: str) -> None:
         raise ValueError(f'"{spec}" is not a [user@]host[:port] jump host')
 
 
-def jump_from_ssh_args(args: str) -> str | None:
-    """The jump host named in ssh arguments, as ``[user@]host[:port]``.
-
-    Understands ``-J host``, ``-o ProxyJump=host`` and ``-o ProxyCommand="ssh -W %h:%p host"``.
-    """
+def ssh_options(args: str) -> Iterator[tuple[str, str]]:
+    """The options in ssh arguments, in order, as ``(lower-cased name, value)``: ``-o Name=value``
+    or ``-o "Name value"``, and ``-J host`` as ``proxyjump``."""
     try:
         tokens = shlex.split(args)
     except ValueError as exc:
         raise ValueError(f"cannot parse ssh arguments: {exc}") from None
     for index, token in enumerate(tokens):
         following = tokens[index + 1] if index + 1 < len(tokens) else ""
-        if token == "-J" or token.startswith("-J"):
-            spec = token[2:] or following
-            _check_jump_spec(spec)
-            return spec
-        option = None
+        if token.startswith("-J"):
+            yield "proxyjump", token[2:] or following
+            continue
         if token == "-o":
             option = following
         elif token.startswith("-o"):
             option = token[2:]
-        if option is None:
+        else:
             continue
         name, _, value = option.partition("=")
         if not value and " " in name:
             name, _, value = name.partition(" ")
-        name, value = name.strip().lower(), value.strip()
+        yield name.strip().lower(), value.strip()
+
+
+def jump_from_ssh_args(args: str) -> str | None:
+    """The jump host named in ssh arguments, as ``[user@]host[:port]``.
+
+    Understands ``-J host``, ``-o ProxyJump=host`` and ``-o ProxyCommand="ssh -W %h:%p host"``.
+    """
+    for name, value in ssh_options(args):
         if name == "proxyjump":
             _check_jump_spec(value)
             return value
