@@ -1,7 +1,7 @@
-"""The proxy's ASGI app: OpenAI endpoints routed by the body's ``model``, plus /health and /metrics.
+"""The proxy: OpenAI endpoints routed by the body's ``model``, plus /health and /metrics.
 
-The POST endpoints are plain ASGI callables (no Request/Response objects on the hot path); the
-rest are ordinary Starlette endpoints.
+The four OpenAI POST paths are answered here, straight from the parsed request to the socket
+(``connection.py``); every other request goes to a small Starlette app through ASGI.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from .access_log import AccessLog
+from .asgi import call_asgi
 from .backends import Backend
 from .capabilities import estimate_tokens, fold_system_messages
+from .connection import Connection, Request
 from .errors import ProxyError, error_body
 from .health import HealthChecker
 from .metrics import CONTENT_TYPE, Metrics
@@ -35,11 +35,14 @@ from .upstream import ProxiedRequest, Upstream
 
 logger = logging.getLogger("proxy")
 
-PROXIED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+PROXIED_PATHS = frozenset(
+    (b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings", b"/v1/responses")
+)
 
 
 class Proxy:
-    """Everything one running proxy holds: the live table, the upstream client, the checkers."""
+    """Everything one running proxy holds: the live table, the upstream client, the checkers.
+    ``handle`` answers one request."""
 
     def __init__(
         self, routes_path: str | Path, access_log: bool = True, require_keys: bool = False
@@ -55,7 +58,7 @@ class Proxy:
             lambda: self.table.routes.health_interval,
         )
         self.watcher = RoutesWatcher(self.routes_path, lambda: self.table, self._swap, require_keys)
-        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
+        self.app = _starlette_app(self)
 
     def backends(self) -> list[Backend]:
         return list(self.table.backends.values())
@@ -63,12 +66,16 @@ class Proxy:
     def _swap(self, table: RouteTable) -> None:
         self.table = table
 
+    def body_limit(self) -> int:
+        return self.table.max_body_bytes
+
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.loop = asyncio.get_running_loop()
+    async def running(self) -> AsyncIterator[None]:
+        """Health checks, the routes watcher and SIGHUP reloads, for as long as it serves."""
         tasks = [
             asyncio.create_task(self.health.run(), name="proxy-health"),
             asyncio.create_task(self.watcher.run(), name="proxy-routes-watcher"),
+            asyncio.create_task(self.upstream.clock.run(), name="proxy-deadlines"),
         ]
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -84,131 +91,53 @@ class Proxy:
             self.upstream.close()
             self.access_log.flush()
 
+    async def handle(self, request: Request, connection: Connection) -> None:
+        path = request.url.partition(b"?")[0]
+        if path not in PROXIED_PATHS:
+            if request.too_large:
+                _too_large(request.too_large).respond(connection)
+            else:
+                await call_asgi(self.app, request, connection)
+        elif request.method == b"POST":
+            await self._proxy(path.decode(), request, connection)
+        else:
+            message = f"{request.method.decode()} {path.decode()}: Method Not Allowed; use POST"
+            error = ProxyError(405, message, headers=((b"allow", b"POST"),))
+            error.respond(connection)
 
-class ProxyEndpoint:
-    """ASGI endpoint for one OpenAI POST path: check, parse, route, forward."""
-
-    def __init__(self, proxy: Proxy, path: str) -> None:
-        self.proxy = proxy
-        self.path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _proxy(self, path: str, request: Request, connection: Connection) -> None:
+        """Check, parse, route, forward; every outcome is one access log line."""
         started = time.perf_counter()
-        table = self.proxy.table
+        table = self.table
+        model = ""
         try:
-            if table.keys and not table.keys.allows(_header(scope, b"authorization")):
+            if table.keys and not table.keys.allows(request.header(b"authorization")):
                 raise _unauthorized()
-            request = _parse(self.path, table, await _read_body(receive, table.max_body_bytes))
-            request.started = started
+            if request.too_large:
+                raise _too_large(request.too_large)
+            proxied = _parse(path, table, request.body, started)
+            model = proxied.target.route.name
+            await self.upstream.forward(proxied, connection)
         except ProxyError as exc:
-            await exc.send(send)
-            latency = time.perf_counter() - started
-            self.proxy.metrics.observe("", "", exc.status, latency, None)
-            self.proxy.access_log.write(
-                self.path, exc.model, "", exc.status, latency, None, None, exc.message
-            )
-            return
-        await self._forward(request, receive, send)
-
-    async def _forward(self, request: ProxiedRequest, receive: Receive, send: Send) -> None:
-        loop = self.proxy.loop or asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None
-        watch = DisconnectWatch(receive, loop, task)
-        model = request.target.route.name
-        try:
-            await self.proxy.upstream.forward(request, send, loop, task)
-        except ProxyError as exc:
-            await exc.send(send)
-            latency = time.perf_counter() - request.started
-            self.proxy.metrics.observe(model, "", exc.status, latency, None)
-            self.proxy.access_log.write(
-                self.path, model, "", exc.status, latency, None, None, exc.message
-            )
+            exc.respond(connection)
+            self._refused(path, model or exc.model, model, exc.status, started, exc.message)
         except asyncio.CancelledError:
-            if not watch.disconnected:
+            if not connection.disconnected:
                 raise
-            watch.absorb()
-            latency = time.perf_counter() - request.started
-            self.proxy.access_log.write(
-                self.path, model, "", 499, latency, None, None, "client disconnected"
-            )
-        finally:
-            watch.stop()
+            self._refused(path, model, model, 499, started, "client disconnected")
 
-
-class DisconnectWatch:
-    """Cancels the request's task when its client goes away, so the upstream request is closed
-    at once (not at the next chunk, which may be minutes away for a slow generation).
-
-    The watching starts ``START_AFTER`` seconds into the request: most answers are complete by
-    then, and they need no watching task at all (a task per request cost ~5% of throughput)."""
-
-    START_AFTER = 0.05
-
-    __slots__ = ("_task", "_receive", "_loop", "_stopped", "disconnected", "_message", "_timer")
-
-    def __init__(
-        self, receive: Receive, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
+    def _refused(
+        self, path: str, model: str, routed: str, status: int, started: float, error: str
     ) -> None:
-        self._task = task
-        self._receive = receive
-        self._loop = loop
-        self._stopped = False
-        self.disconnected = False
-        self._message: asyncio.Task[Any] | None = None
-        self._timer: asyncio.TimerHandle | None = loop.call_later(self.START_AFTER, self._start)
-
-    def _start(self) -> None:
-        self._timer = None
-        if self._stopped:
-            return
-        self._message = self._loop.create_task(self._receive())
-        self._message.add_done_callback(self._on_message)
-
-    def _on_message(self, future: asyncio.Future[Any]) -> None:
-        if self._stopped or future.cancelled() or future.exception() is not None:
-            return
-        if future.result().get("type") == "http.disconnect":
-            self.disconnected = True
-            self._task.cancel()
-
-    def absorb(self) -> None:
-        """After catching the CancelledError we caused: undo the cancel request (Python 3.11+)."""
-        uncancel = getattr(self._task, "uncancel", None)
-        if uncancel is not None:
-            uncancel()
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._message is not None:
-            self._message.cancel()
+        """Metrics and the access log for a request no backend answered (``routed``: the model
+        it was routed to, empty when it was refused before routing)."""
+        latency = time.perf_counter() - started
+        if status != 499:
+            self.metrics.observe(routed, "", status, latency, None)
+        self.access_log.write(path, model, "", status, latency, None, None, error)
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    parts = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ProxyError(400, "the client went away while sending the body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def _parse(path: str, table: RouteTable, body: bytes) -> ProxiedRequest:
+def _parse(path: str, table: RouteTable, body: bytes, started: float) -> ProxiedRequest:
     if not body:
         raise ProxyError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -243,14 +172,7 @@ def _parse(path: str, table: RouteTable, body: bytes) -> ProxiedRequest:
                 code="context_length_exceeded",
                 param="messages" if "messages" in payload else "input",
             )
-    return ProxiedRequest(path, target, payload, raw, 0.0)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
+    return ProxiedRequest(path, target, payload, raw, started)
 
 
 def _not_found(model: str, table: RouteTable) -> ProxyError:
@@ -271,13 +193,13 @@ def _unauthorized() -> ProxyError:
     )
 
 
-def _too_large(limit: int) -> ProxyError:
-    return ProxyError(413, f"the request body is over {limit} bytes", code="request_too_large")
+def _too_large(message: str) -> ProxyError:
+    return ProxyError(413, message, code="request_too_large")
 
 
-def _authorized(proxy: Proxy, request: Request) -> Response | None:
+def _authorized(proxy: Proxy, request: StarletteRequest) -> Response | None:
     keys = proxy.table.keys
-    if keys and not keys.allows(_header(request.scope, b"authorization")):
+    if keys and not keys.allows(request.headers.get("authorization", "").encode("latin-1")):
         error = _unauthorized()
         return Response(
             error_body(error.message, error.type, error.code), 401, media_type="application/json"
@@ -285,36 +207,14 @@ def _authorized(proxy: Proxy, request: Request) -> Response | None:
     return None
 
 
-class ProxyApp:
-    """The ASGI app: the OpenAI POST paths go straight to their endpoint (no router on the hot
-    path); everything else, lifespan included, goes to the Starlette app."""
+def _starlette_app(proxy: Proxy) -> Starlette:
+    """/v1/models, /v1/models/{name}, /health and /metrics; OpenAI-shaped 404 and 405."""
 
-    def __init__(self, proxy: Proxy, fallback: Starlette) -> None:
-        self.proxy = proxy
-        self.fallback = fallback
-        self.endpoints = {path: ProxyEndpoint(proxy, path) for path in PROXIED_PATHS}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.endpoints.get(scope["path"])
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await self.fallback(scope, receive, send)
-
-
-def create_app(
-    routes_path: str | Path, *, access_log: bool = True, require_keys: bool = False
-) -> ProxyApp:
-    """The proxy for the routes file at ``routes_path`` (raises RoutesError if it is wrong).
-    ``require_keys``: a reload that leaves no API key is refused (a proxy open to the network)."""
-    proxy = Proxy(routes_path, access_log=access_log, require_keys=require_keys)
-
-    async def models(request: Request) -> Response:
+    async def models(request: StarletteRequest) -> Response:
         denied = _authorized(proxy, request)
         return denied or Response(proxy.table.models_json, media_type="application/json")
 
-    async def model(request: Request) -> Response:
+    async def model(request: StarletteRequest) -> Response:
         denied = _authorized(proxy, request)
         if denied:
             return denied
@@ -326,7 +226,7 @@ def create_app(
         body = error_body(error.message, error.type, error.code, error.param)
         return Response(body, 404, media_type="application/json")
 
-    async def health(request: Request) -> Response:
+    async def health(request: StarletteRequest) -> Response:
         report = {}
         for name in proxy.table.routes.models:
             backends = proxy.table.targets[name].backends
@@ -338,7 +238,7 @@ def create_app(
         status = "ok" if all(model["healthy"] for model in report.values()) else "degraded"
         return JSONResponse({"status": status, "models": report})
 
-    async def metrics(request: Request) -> Response:
+    async def metrics(request: StarletteRequest) -> Response:
         denied = _authorized(proxy, request)
         return denied or Response(proxy.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -347,10 +247,9 @@ def create_app(
         Route("/v1/models/{name:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *(Route(path, ProxyEndpoint(proxy, path), methods=["POST"]) for path in PROXIED_PATHS),
     ]
 
-    async def http_error(request: Request, exc: Exception) -> Response:
+    async def http_error(request: StarletteRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         message = f"{request.method} {request.url.path}: {exc.detail}"
         body = error_body(
@@ -358,6 +257,12 @@ def create_app(
         )
         return Response(body, exc.status_code, media_type="application/json", headers=exc.headers)
 
-    handlers = {404: http_error, 405: http_error}
-    fallback = Starlette(routes=routes, lifespan=proxy.lifespan, exception_handlers=handlers)
-    return ProxyApp(proxy, fallback)
+    return Starlette(routes=routes, exception_handlers={404: http_error, 405: http_error})
+
+
+def create_app(
+    routes_path: str | Path, *, access_log: bool = True, require_keys: bool = False
+) -> Proxy:
+    """The proxy for the routes file at ``routes_path`` (raises RoutesError if it is wrong).
+    ``require_keys``: a reload that leaves no API key is refused (a proxy open to the network)."""
+    return Proxy(routes_path, access_log=access_log, require_keys=require_keys)

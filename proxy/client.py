@@ -82,6 +82,9 @@ class Response:
         return chunk
 
     async def read(self) -> bytes:
+        if self._done and self._error is None:  # the usual: the body came with the headers
+            parts, self._chunks, self._size = self._chunks, deque(), 0
+            return b"".join(parts)
         parts = []
         while chunk := await self.next_chunk():
             parts.append(chunk)
@@ -124,7 +127,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.idle_since = 0.0
         self._paused = False
-        self._header_list: list[tuple[bytes, bytes]] = []
+        self._headers: dict[bytes, bytes] = {}
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,7 +154,7 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_list.append((name.lower(), value))
+        self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -159,11 +162,11 @@ class _Connection(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         if status < 200:  # 100 Continue and friends: wait for the real answer
-            self._header_list = []
+            self._headers = {}
             return
         response.status = status
-        response.headers = dict(self._header_list)
-        self._header_list = []
+        response.headers = self._headers
+        self._headers = {}
         if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_result(response)
 

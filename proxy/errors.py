@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from starlette.types import Send
-
-JSON_HEADERS = ((b"content-type", b"application/json"),)
+if TYPE_CHECKING:
+    from .connection import Connection
 
 
 def error_body(
@@ -44,8 +44,7 @@ class ProxyError(Exception):
         self.param = param
         self.headers = headers
 
-    async def send(self, send: Send) -> None:
+    def respond(self, connection: Connection) -> None:
         body = error_body(self.message, self.type, self.code, self.param)
-        headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *self.headers]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        headers = [(b"content-type", b"application/json"), *self.headers]
+        connection.respond(self.status, headers, body)

@@ -1,19 +1,30 @@
-"""Running the proxy under uvicorn, refusing to expose an open proxy by accident."""
+"""Serving the proxy: the listening socket, the event loop, signals and a graceful stop;
+refusing to expose an open proxy by accident.
+
+SIGTERM or SIGINT stops accepting, closes idle connections at once and lets requests in flight
+finish (streams included) for up to ``GRACE_SECONDS``. SIGHUP reloads the routes file.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
-import uvicorn
-
-from .app import create_app
-from .http import CoalescingHttpToolsProtocol
+from .app import Proxy, create_app
+from .connection import Connection, Listener
+from .sockets import listening
 from .table import load_table
+
+KEEPALIVE_SECONDS = 75.0  # an idle client connection is closed after this (nginx's default)
+SWEEP_SECONDS = 5.0
+GRACE_SECONDS = 30.0
 
 
 class UnsafeBind(Exception):
@@ -56,7 +67,7 @@ def serve(
     access_log: bool = True,
     workers: int = 1,
 ) -> int:
-    """Run the proxy until interrupted; returns the exit status (0 after SIGTERM/SIGINT).
+    """Run the proxy until SIGTERM or SIGINT; returns the exit status (0 after a signal).
 
     Raises RoutesError or UnsafeBind before binding, OSError when the address is taken. With
     ``workers`` > 1 the proxy runs as that many processes (see ``workers.py``)."""
@@ -66,29 +77,64 @@ def serve(
     check_bind(routes_path, host, require_keys)
     configure_logging()
 
-    def app() -> Any:
-        return create_app(routes_path, access_log=access_log, require_keys=require_keys)
+    def run(sock: socket.socket) -> None:
+        proxy = create_app(routes_path, access_log=access_log, require_keys=require_keys)
+        run_on(proxy, sock)
 
     if workers > 1:
         from .workers import run_workers
 
-        return run_workers(lambda sock: run_one(app(), sock), host, port, workers)
-    uvicorn.run(app(), host=host, port=port, **UVICORN)
+        return run_workers(run, host, port, workers)
+    run(listening(host, port))
     return 0
 
 
-UVICORN: dict[str, Any] = {
-    "http": CoalescingHttpToolsProtocol,
-    "log_level": "warning",
-    "access_log": False,
-    "server_header": False,
-    "proxy_headers": False,
-    "date_header": False,
-    "timeout_graceful_shutdown": 30,
-}
+def run_on(proxy: Proxy, sock: socket.socket) -> None:
+    """Serve ``proxy`` on the listening ``sock`` until a stop signal (uvloop when installed)."""
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(proxy, sock))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
-def run_one(app: Any, sock: socket.socket) -> None:
-    """One worker process: the app under uvicorn on an already listening socket."""
-    config = uvicorn.Config(app, **UVICORN)
-    uvicorn.Server(config).run(sockets=[sock])
+async def _serve(proxy: Proxy, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    listener = Listener(proxy.handle, proxy.body_limit)
+    async with proxy.running():
+        server = await loop.create_server(lambda: Connection(listener), sock=sock)
+        sweeper = loop.create_task(_close_idle(listener))
+        try:
+            await stop
+        finally:
+            sweeper.cancel()
+            server.close()
+            listener.stop()
+            await _drain(listener)
+
+
+async def _close_idle(listener: Listener) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        listener.close_idle(KEEPALIVE_SECONDS)
+
+
+async def _drain(listener: Listener) -> None:
+    """Wait for the requests in flight, for ``GRACE_SECONDS`` at most, then close the rest."""
+    end = time.monotonic() + GRACE_SECONDS
+    while listener.busy() and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    for connection in list(listener.connections):
+        with contextlib.suppress(Exception):
+            connection.close()
+    await asyncio.sleep(0)  # let the transports close

@@ -15,12 +15,11 @@ import json
 import time
 from typing import Any
 
-from starlette.types import Send
-
 from .access_log import AccessLog, tokens_in
 from .backends import Backend, candidates, retry_after
 from .client import Client, Disconnected, Response, UpstreamError
-from .deadline import Deadline
+from .connection import Connection
+from .deadline import Clock, Deadline
 from .errors import ProxyError, error_event
 from .metrics import Metrics
 from .table import Target
@@ -71,20 +70,14 @@ class Upstream:
         self.metrics = metrics
         self.access_log = access_log
         self.client = Client()
+        self.clock = Clock()  # run by the proxy while it serves
 
     def close(self) -> None:
         self.client.close()
 
-    async def forward(
-        self,
-        request: ProxiedRequest,
-        send: Send,
-        loop: asyncio.AbstractEventLoop | None = None,
-        task: asyncio.Task[object] | None = None,
-    ) -> None:
-        """Send ``request`` to the best backend that answers, and relay the answer to ``send``.
-
-        ``loop`` and ``task`` (the running ones) save looking them up."""
+    async def forward(self, request: ProxiedRequest, client: Connection) -> None:
+        """Send ``request`` to the best backend that answers, and relay the answer to
+        ``client``, the connection whose task this runs in."""
         target = request.target
         model = target.route.name
         now = time.monotonic()
@@ -92,32 +85,35 @@ class Upstream:
         if not choices:
             self.metrics.error(model, "", "no_backend")
             raise _no_backend(target, now, "all backends are down")
-        deadline = Deadline(loop, task)
+        deadline = self.clock.deadline(client.task)  # type: ignore[arg-type]
         last_error = ""
         same_backend_retry = True
         index = 0
-        while index < len(choices):
-            backend = choices[index]
-            backend.in_flight += 1
-            try:
-                await self._try_backend(request, backend, deadline, send)
-                return
-            except _Failed as failure:
-                last_error = f"{backend.url}: {failure}"
-                stale = failure.kind == "disconnected" and same_backend_retry
-                if stale:  # most likely a keep-alive connection the backend had just closed
-                    same_backend_retry = False
-                    continue
-                backend.mark_down()
-                self.metrics.error(model, backend.url, failure.kind)
-                index += 1
-            finally:
-                backend.in_flight -= 1
-                deadline.clear()
+        try:
+            while index < len(choices):
+                backend = choices[index]
+                backend.in_flight += 1
+                try:
+                    await self._try_backend(request, backend, deadline, client)
+                    return
+                except _Failed as failure:
+                    last_error = f"{backend.url}: {failure}"
+                    stale = failure.kind == "disconnected" and same_backend_retry
+                    if stale:  # most likely a keep-alive connection the backend had just closed
+                        same_backend_retry = False
+                        continue
+                    backend.mark_down()
+                    self.metrics.error(model, backend.url, failure.kind)
+                    index += 1
+                finally:
+                    backend.in_flight -= 1
+                    deadline.clear()
+        finally:
+            deadline.close()
         raise _no_backend(target, time.monotonic(), last_error)
 
     async def _try_backend(
-        self, request: ProxiedRequest, backend: Backend, deadline: Deadline, send: Send
+        self, request: ProxiedRequest, backend: Backend, deadline: Deadline, client: Connection
     ) -> None:
         timeouts = request.target.route.timeouts
         deadline.reset(timeouts.first_byte)
@@ -132,16 +128,15 @@ class Upstream:
         except asyncio.CancelledError:
             if not deadline.expired:
                 raise
-            deadline.expired = False
             deadline.absorb()
             raise _Failed("timeout", f"no response within {timeouts.first_byte:g} s") from None
         try:
             if response.status in RETRYABLE_STATUS:
                 raise _Failed("upstream_5xx", f"answered HTTP {response.status}")
             if response.header(b"content-type").startswith(b"text/event-stream"):
-                await self._relay_stream(request, backend, response, deadline, send)
+                await self._relay_stream(request, backend, response, deadline, client)
             else:
-                await self._relay_whole(request, backend, response, deadline, send)
+                await self._relay_whole(request, backend, response, deadline, client)
         finally:
             response.close()
 
@@ -151,7 +146,7 @@ class Upstream:
         backend: Backend,
         response: Response,
         deadline: Deadline,
-        send: Send,
+        client: Connection,
     ) -> None:
         ttfb = time.perf_counter() - request.started
         deadline.reset(request.target.route.timeouts.idle)
@@ -162,16 +157,11 @@ class Upstream:
         except asyncio.CancelledError:
             if not deadline.expired:
                 raise
-            deadline.expired = False
             deadline.absorb()
             raise _Failed("timeout", "stalled in the middle of its answer") from None
         deadline.clear()
-        headers = [
-            (b"content-type", response.header(b"content-type", b"application/json")),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        content_type = response.header(b"content-type", b"application/json")
+        client.respond(response.status, ((b"content-type", content_type),), body)
         self._done(request, backend, response.status, ttfb, tokens_in(body))
 
     async def _relay_stream(
@@ -180,12 +170,10 @@ class Upstream:
         backend: Backend,
         response: Response,
         deadline: Deadline,
-        send: Send,
+        client: Connection,
     ) -> None:
         idle = request.target.route.timeouts.idle
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": STREAM_HEADERS}
-        )
+        client.start_stream(response.status, STREAM_HEADERS)
         ttfb: float | None = None
         tokens: int | None = None
         ended_cleanly = True  # whether the last chunk ended an event
@@ -201,7 +189,7 @@ class Upstream:
                 if ttfb is None:
                     ttfb = time.perf_counter() - request.started
                     wait = idle
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await client.send_chunk(chunk)
                 ended_cleanly = chunk.endswith(b"\n\n")
                 if b'"total_tokens"' in chunk:
                     tokens = tokens_in(chunk)
@@ -211,7 +199,6 @@ class Upstream:
         except asyncio.CancelledError:
             if not deadline.expired:
                 raise
-            deadline.expired = False
             deadline.absorb()
             error = f"the backend sent nothing for {idle:g} s"
             kind = "timeout"
@@ -220,14 +207,8 @@ class Upstream:
             backend.mark_down()
             self.metrics.error(request.target.route.name, backend.url, kind)
             event = error_event(error, "server_error", kind)
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": event if ended_cleanly else b"\n\n" + event,
-                    "more_body": True,
-                }
-            )
-        await send({"type": "http.response.body", "body": b""})
+            await client.send_chunk(event if ended_cleanly else b"\n\n" + event)
+        client.end_stream()
         self._done(request, backend, response.status, ttfb, tokens, error)
 
     def _done(

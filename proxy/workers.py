@@ -9,7 +9,7 @@ The proxy is stateless, so each worker does its own health checks and routes rel
 parent forwards SIGHUP to every worker for an immediate reload.
 
 Stopping: SIGTERM or SIGINT to the parent is passed to every worker (each finishes its requests,
-uvicorn's graceful shutdown); workers still alive ``GRACE_SECONDS`` later are killed. A worker
+see ``server.py``); workers still alive ``GRACE_SECONDS`` later are killed. A worker
 also gets SIGTERM if the parent dies without stopping it (Linux ``PR_SET_PDEATHSIG``), so no
 worker outlives its parent.
 
@@ -31,29 +31,15 @@ import time
 import traceback
 from collections.abc import Callable
 
+from .sockets import BACKLOG, bind, resolve
+
 logger = logging.getLogger("proxy.workers")
 
-GRACE_SECONDS = 35.0  # uvicorn's graceful shutdown is 30 s
+GRACE_SECONDS = 35.0  # a worker's own graceful stop takes up to 30 s
 CRASH_WINDOW = 5.0
 CRASH_LIMIT = 5
 SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 PR_SET_PDEATHSIG = 1
-
-
-def _address(host: str, port: int) -> tuple[int, tuple]:
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    return family, address
-
-
-def _socket(family: int, address: tuple, reuse_port: bool) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
 
 
 def _die_with_parent() -> None:
@@ -66,11 +52,11 @@ def run_workers(worker: Callable[[socket.socket], None], host: str, port: int, w
     """Run ``worker(listening_socket)`` in ``workers`` forked processes until told to stop.
 
     Returns 0 after SIGTERM/SIGINT, 1 when workers kept crashing."""
-    family, address = _address(host, port)
+    family, address = resolve(host, port)
     reuse_port = hasattr(socket, "SO_REUSEPORT")
-    reserved = _socket(family, address, reuse_port)  # raises OSError if the port is taken
+    reserved = bind(family, address, reuse_port)  # raises OSError if the port is taken
     if not reuse_port:
-        reserved.listen(2048)
+        reserved.listen(BACKLOG)
         reserved.set_inheritable(True)
     address = reserved.getsockname()  # the real port when port was 0
     parent = os.getpid()
@@ -83,7 +69,7 @@ def run_workers(worker: Callable[[socket.socket], None], host: str, port: int, w
             children[pid] = time.monotonic()
             return
         status = 1
-        try:  # the worker: a fresh start for signals, then uvicorn
+        try:  # the worker: a fresh start for signals, then the proxy
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             _die_with_parent()
@@ -92,8 +78,8 @@ def run_workers(worker: Callable[[socket.socket], None], host: str, port: int, w
                 os._exit(1)
             if reuse_port:
                 reserved.close()
-                sock = _socket(family, address, True)
-                sock.listen(2048)
+                sock = bind(family, address, True)
+                sock.listen(BACKLOG)
             else:
                 sock = reserved
             worker(sock)

@@ -1,0 +1,401 @@
+"""The proxy's HTTP/1.1 server side: one asyncio Protocol per client connection.
+
+Why not uvicorn: measured on a 2-core box, uvicorn's per-request machinery (an ASGI scope, a
+request-cycle object with its event, message dicts, a keep-alive timer per response) and the
+ASGI hop into the app cost as much CPU as the rest of the proxy together. Here a request is parsed
+by httptools' C parser (the one uvicorn uses) and handed whole to the proxy, which answers by
+writing to the socket: a response's head and body leave in one system call.
+
+What a client can count on: keep-alive (HTTP/1.1's default, HTTP/1.0's when asked), pipelined
+requests answered in order, ``Expect: 100-continue``, a body limit (413 before the body is read
+when Content-Length already says too much), chunked responses for streams with back-pressure
+(``send_chunk`` waits while the client reads slower than the backend writes), and a client that
+goes away cancels its request at once, so the backend's request is closed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from .errors import error_body
+
+logger = logging.getLogger("proxy")
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+MAX_PIPELINED = 16  # requests read ahead of the one being answered before reading pauses
+JSON = b"application/json"
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
+
+
+STATUS_LINES = {status: _status_line(status) for status in HTTPStatus}
+
+
+class Request:
+    """One request, read whole: the body is here before the proxy sees the request."""
+
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "http_version", "too_large")
+
+    def __init__(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
+        http_version: str,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers  # (lower-cased name, value), in order
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http_version = http_version
+        # set when the body was over the limit: it was read and dropped, and the handler must
+        # answer 413 with this message (the connection closes after)
+        self.too_large: str | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+Handler = Callable[["Request", "Connection"], Coroutine[Any, Any, None]]
+
+
+class Listener:
+    """What every connection of one listening socket shares: the handler, the body limit, and
+    the set of open connections (for closing idle ones and for a graceful stop)."""
+
+    def __init__(self, handler: Handler, body_limit: Callable[[], int]) -> None:
+        self.handler = handler
+        self.body_limit = body_limit
+        self.connections: set[Connection] = set()
+        self.stopping = False
+
+    def close_idle(self, idle_for: float) -> None:
+        """Close connections that have waited ``idle_for`` seconds for a whole request (a
+        client sending its request slower than that is cut off too)."""
+        cutoff = time.monotonic() - idle_for
+        for connection in list(self.connections):
+            if not connection.busy and connection.idle_since < cutoff:
+                connection.close()
+
+    def stop(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their current answer."""
+        self.stopping = True
+        for connection in list(self.connections):
+            connection.stop()
+
+    def busy(self) -> int:
+        return sum(1 for connection in self.connections if connection.busy)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection. The handler answers the current request with ``respond`` (a
+    whole body) or ``start_stream`` / ``send_chunk`` / ``end_stream``."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.task: asyncio.Task[None] | None = None  # answers this connection's requests
+        self.request: Request | None = None  # the one being answered
+        self.responded = False  # whether the current request's answer has begun
+        self.disconnected = False
+        self.idle_since = time.monotonic()  # since when it waits for a whole request
+        self._closing = False  # close once the current answer is complete
+        self._queue: deque[Request] = deque()  # read, not yet answered
+        self._arrived: asyncio.Future[None] | None = None  # the task waits for a request
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        # the request being read
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._limit = 0
+        self._too_large: str | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.listener.connections.add(self)
+        self._closing = self.listener.stopping
+        # one task answers every request of the connection in turn: cheaper than a task each
+        self.task = self.loop.create_task(self._answer_all())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, "protocol upgrades (WebSocket) are not supported here")
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__  # raised by one of our callbacks below
+            if isinstance(refused, _Refused):
+                self._refuse(refused.status, str(refused))
+            else:
+                self._refuse(400, f"invalid HTTP request: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disconnected = True
+        self.listener.connections.discard(self)
+        self._queue.clear()
+        if self.task is not None:
+            self.task.cancel()  # the handler sees ``disconnected`` and closes its backend request
+        for waiter in (self._drained, self._closed, self._arrived):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # httptools callbacks, for the request being read
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._too_large = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._size += len(url)
+        if self._size > MAX_HEAD_BYTES:
+            raise _Refused(414, "the request line is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._size += len(name) + len(value)
+        if self._size > MAX_HEAD_BYTES:
+            raise _Refused(431, "the request headers are too large")
+
+    def on_headers_complete(self) -> None:
+        self._size = 0
+        self._limit = limit = self.listener.body_limit()
+        length = expect = None
+        for name, value in self._headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"expect":
+                expect = value
+        continues = expect is not None and expect.lower() == b"100-continue"
+        if length is not None and length.isdigit() and int(length) > limit:
+            if continues:  # the client waits for our word before sending the body: refuse now
+                raise _Refused(413, _too_large(limit))
+            self._too_large = _too_large(limit)
+        elif continues and not self.busy:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        """Collect the body; one over the limit is read on but dropped, so that the client,
+        still sending, can read our 413 (closing with its data unread would reset the
+        connection and lose the answer)."""
+        if self._too_large is not None:
+            return
+        self._size += len(body)
+        if self._size > self._limit:
+            self._too_large = _too_large(self._limit)
+            self._body = []
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        request = Request(
+            parser.get_method(),
+            self._url,
+            self._headers,
+            b"".join(self._body),
+            parser.should_keep_alive(),
+            parser.get_http_version(),
+        )
+        if self._too_large is not None:
+            request.too_large = self._too_large
+            request.keep_alive = False
+        self._body = []
+        self._queue.append(request)
+        arrived = self._arrived
+        if arrived is not None:
+            self._arrived = None
+            arrived.set_result(None)
+        elif len(self._queue) >= MAX_PIPELINED and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    # answering
+    def respond(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+        """The whole answer to the current request: head and body in one write."""
+        head = self._head(status, headers)
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.responded = True
+        if body and (self.request is None or self.request.method != b"HEAD"):
+            head.append(body)
+        transport.writelines(head)
+
+    def start_stream(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """The head of an answer whose body follows in chunks (HTTP/1.1 chunked encoding; an
+        HTTP/1.0 client gets the body until the connection closes)."""
+        head = self._head(status, headers)
+        if self._chunked:
+            head.append(b"transfer-encoding: chunked\r\n\r\n")
+        else:
+            head.append(b"\r\n")
+        self.responded = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(head)
+
+    async def send_chunk(self, data: bytes) -> None:
+        """One piece of a streamed body, written as it is; waits while the client lags."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._chunked:
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+        if self._writing_paused:
+            self._drained = self.loop.create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+
+    def end_stream(self) -> None:
+        if self._chunked and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"0\r\n\r\n")
+
+    async def wait_closed(self) -> None:
+        if self.disconnected:
+            return
+        if self._closed is None:
+            self._closed = self.loop.create_future()
+        await self._closed
+
+    def stop(self) -> None:
+        """Close when idle; a busy connection closes after its current answer."""
+        self._closing = True
+        if not self.busy:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # the request's life
+    @property
+    def busy(self) -> bool:
+        """A request is being answered or waits to be."""
+        return self.request is not None or bool(self._queue)
+
+    @property
+    def _chunked(self) -> bool:
+        return self.request is not None and self.request.http_version == "1.1"
+
+    def _head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+        head = [STATUS_LINES.get(status) or _status_line(status)]
+        for name, value in headers:
+            head.append(b"%s: %s\r\n" % (name, value))
+        request = self.request
+        if self._closing or request is None or not request.keep_alive:
+            head.append(b"connection: close\r\n")
+        elif request.http_version == "1.0":
+            head.append(b"connection: keep-alive\r\n")
+        return head
+
+    async def _answer_all(self) -> None:
+        try:
+            await self._answer_each()
+        finally:
+            self.close()
+
+    async def _answer_each(self) -> None:
+        while not self.disconnected:
+            if not self._queue:
+                self.idle_since = time.monotonic()
+                self._arrived = self.loop.create_future()
+                await self._arrived
+                if not self._queue:
+                    return  # the client went away
+            request = self._queue.popleft()
+            if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2:
+                self._reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            self.request = request
+            self.responded = False
+            try:
+                await self.listener.handler(request, self)
+            except asyncio.CancelledError:
+                if not self.disconnected:
+                    raise
+                return
+            except Exception:
+                logger.exception("unexpected error answering %s", request.url.decode("latin-1"))
+                if not self.responded:
+                    body = error_body("internal error in the proxy", "server_error")
+                    self.respond(500, ((b"content-type", JSON),), body)
+                self._closing = True
+            self.request = None
+            if self._closing or not request.keep_alive:
+                return
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A request that cannot be read on: answer now if nothing else is being answered on
+        this connection, then close it."""
+        self._closing = True
+        if not self.busy and self.transport is not None:
+            code = "request_too_large" if status == 413 else None
+            self.respond(status, ((b"content-type", JSON),), error_body(message, _TYPE, code))
+        self.close()
+
+
+_TYPE = "invalid_request_error"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop reading a request that is refused."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is over {limit} bytes"
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
