@@ -12,7 +12,12 @@ chunks arrive one by one (coalesced = sent - separate reads on the client).
 Two nginx reverse proxies are measured: ``nginx-default`` (plain ``proxy_pass``: HTTP/1.0 and a
 new upstream connection per request) and ``nginx-tuned`` (HTTP/1.1 with an upstream keepalive
 pool). Both run ``--nginx-workers`` worker processes (default: as many as the proxy's
-``--workers``) with access_log off; the proxy keeps its access log unless ``--no-access-log``.
+``--workers``). Both proxies do the same logging work: one JSON access line per request, written
+in batches (nginx: ``access_log ... buffer=64k flush=1s``; ours: its access log), or neither with
+``--no-access-log``.
+
+The targets take turns (each repeat runs every target once), so a drift in the machine's speed
+(these VMs share their cores) hits all of them alike; the median of ``--repeat`` runs is shown.
 
 Everything listens on 127.0.0.1 and stops by itself. The line before last is the ratio against
 nginx-default; the last line is the summary, against nginx-tuned (the harder comparison):
@@ -57,6 +62,12 @@ COMPLETION = json.dumps(
     },
     separators=(",", ":"),
 )
+# nginx's counterpart of the proxy's access log: a JSON line per request, buffered
+NGINX_ACCESS_LOG = (
+    'log_format line escape=json \'{"ts":$msec,"path":"$uri","status":$status,'
+    '"latency_ms":$request_time,"backend":"$upstream_addr"}\';\n'
+    "  access_log @DIR@/@NAME@-access.log line buffer=64k flush=1s;"
+)
 REQUEST = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 ALL_TARGETS = ("direct", "nginx-default", "nginx-tuned", "proxy", "litellm")
 
@@ -79,7 +90,7 @@ http {
 }
 """
 
-# Two nginx reverse proxies, both one worker each (unless --nginx-workers), access_log off:
+# Two nginx reverse proxies, both one worker each (unless --nginx-workers), logging as ours does:
 # "nginx-default" is proxy_pass as it comes: HTTP/1.0 to the upstream, a new connection per
 # request. "nginx-tuned" keeps upstream connections alive (HTTP/1.1, keepalive pool), as anyone
 # tuning nginx for throughput would; it is the harder and honest baseline.
@@ -90,7 +101,7 @@ pid @DIR@/proxy-default.pid;
 error_log @DIR@/proxy-default.err;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  @ACCESS_LOG@
   server {
     listen 127.0.0.1:@PORT@;
     keepalive_requests 1000000;
@@ -107,7 +118,7 @@ pid @DIR@/proxy-tuned.pid;
 error_log @DIR@/proxy-tuned.err;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  @ACCESS_LOG@
   upstream static { server 127.0.0.1:@UPSTREAM@; keepalive 64; keepalive_requests 1000000; }
   upstream sse { server 127.0.0.1:@SSE@; keepalive 64; }
   server {
@@ -298,7 +309,7 @@ def main() -> int:
         "--nginx-workers", type=int, help="nginx proxies' worker_processes (default: --workers)"
     )
     parser.add_argument(
-        "--no-access-log", action="store_true", help="run the proxy without its access log"
+        "--no-access-log", action="store_true", help="no access log in the proxies (ours and nginx)"
     )
     parser.add_argument(
         "--targets",
@@ -341,7 +352,9 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     wanted = set(args.targets)
 
     def nginx(name: str, template: str, **values: object) -> None:
-        text = template.replace("@DIR@", str(tmp))
+        access_log = "access_log off;" if args.no_access_log else NGINX_ACCESS_LOG
+        text = template.replace("@ACCESS_LOG@", access_log.replace("@NAME@", name))
+        text = text.replace("@DIR@", str(tmp))
         for key, value in values.items():
             text = text.replace(f"@{key.upper()}@", str(value))
         conf = tmp / f"nginx-{name}.conf"
@@ -404,28 +417,32 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     if "proxy" in targets:
         wait_ok(f"http://127.0.0.1:{ports['proxy']}/health")
 
+    logging = "off for both" if args.no_access_log else "a JSON line per request for both"
     print(
-        f"proxy workers: {args.workers}, access log {'off' if args.no_access_log else 'on'};"
-        f" nginx proxies: worker_processes {nginx_workers}, access_log off;"
-        f" wrk -t1, {args.seconds:g} s x {args.repeat} (median)"
+        f"proxy workers: {args.workers}; nginx proxies: worker_processes {nginx_workers};"
+        f" access log: {logging}; wrk -t1, {args.seconds:g} s x {args.repeat} in turns (median)"
     )
     print(f"{'target':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  runs req/s")
     results: dict[tuple[str, int], Load] = {}
     for connections in (1, 16):
+        runs: dict[str, list[Load]] = {name: [] for name in targets}
         for name, url in targets.items():
             wrk(url, connections, 1, scripts[name])  # warm up
-            repeat = 1 if name == "litellm" else args.repeat
-            loads = [wrk(url, connections, args.seconds, scripts[name]) for _ in range(repeat)]
+        for turn in range(args.repeat):
+            for name, url in targets.items():
+                if name != "litellm" or turn == 0:  # LiteLLM is too slow to need repeats
+                    runs[name].append(wrk(url, connections, args.seconds, scripts[name]))
+        for name, loads in runs.items():
             load = Load(
                 statistics.median(x.rps for x in loads),
                 statistics.median(x.p50_ms for x in loads),
                 statistics.median(x.p99_ms for x in loads),
             )
             results[name, connections] = load
-            runs = " ".join(f"{x.rps:.0f}" for x in loads) if repeat > 1 else ""
+            each = " ".join(f"{x.rps:.0f}" for x in loads) if len(loads) > 1 else ""
             print(
                 f"{name:<14} {connections:>3} {load.rps:>10.0f}"
-                f" {load.p50_ms:>8.3f} {load.p99_ms:>8.3f}  {runs}",
+                f" {load.p50_ms:>8.3f} {load.p99_ms:>8.3f}  {each}",
                 flush=True,
             )
 

@@ -16,7 +16,7 @@ from typing import TextIO
 
 FLUSH_SECONDS = 0.1
 FLUSH_LINES = 512
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+_TOKEN_COUNT = re.compile(rb"\s*:\s*(\d+)")  # what follows "total_tokens"
 
 
 def tokens_in(body: bytes) -> int | None:
@@ -24,7 +24,7 @@ def tokens_in(body: bytes) -> int | None:
     at = body.rfind(b'"total_tokens"')  # usage comes last: searching from the end is quick
     if at < 0:
         return None
-    match = _TOTAL_TOKENS.match(body, at)
+    match = _TOKEN_COUNT.match(body, at + len(b'"total_tokens"'))
     return int(match.group(1)) if match else None
 
 

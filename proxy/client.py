@@ -81,10 +81,15 @@ class Response:
             self._connection.resume()
         return chunk
 
+    def whole(self) -> bytes | None:
+        """The body if it has all arrived (the usual for a small answer: it came with the
+        headers), else None; then ``read`` waits for it."""
+        if not self._done or self._error is not None:
+            return None
+        parts, self._chunks, self._size = self._chunks, deque(), 0
+        return b"".join(parts)
+
     async def read(self) -> bytes:
-        if self._done and self._error is None:  # the usual: the body came with the headers
-            parts, self._chunks, self._size = self._chunks, deque(), 0
-            return b"".join(parts)
         parts = []
         while chunk := await self.next_chunk():
             parts.append(chunk)
@@ -247,7 +252,7 @@ class Pool:
         content_type: bytes = b"application/json",
     ) -> Response:
         """Send a request and wait for the response's headers (not its body)."""
-        connection = await self._acquire(connect_timeout)
+        connection = self._idle_connection() or await self._connect(connect_timeout)
         key = (method, path, content_type)
         prefix = self._heads.get(key)
         if prefix is None:  # the head is the same for every request but its length
@@ -279,13 +284,16 @@ class Pool:
         while self._idle:
             self._idle.pop().close()
 
-    async def _acquire(self, connect_timeout: float) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:
                 return connection
             connection.close()
+        return None
+
+    async def _connect(self, connect_timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(

@@ -267,11 +267,10 @@ class Connection(asyncio.Protocol):
     def start_stream(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """The head of an answer whose body follows in chunks (HTTP/1.1 chunked encoding; an
         HTTP/1.0 client gets the body until the connection closes)."""
+        if not self._chunked:
+            self._closing = True  # the end of the body is the end of the connection
         head = self._head(status, headers)
-        if self._chunked:
-            head.append(b"transfer-encoding: chunked\r\n\r\n")
-        else:
-            head.append(b"\r\n")
+        head.append(b"transfer-encoding: chunked\r\n\r\n" if self._chunked else b"\r\n")
         self.responded = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(head)
@@ -362,9 +361,10 @@ class Connection(asyncio.Protocol):
                 return
             except Exception:
                 logger.exception("unexpected error answering %s", request.url.decode("latin-1"))
-                if not self.responded:
-                    body = error_body("internal error in the proxy", "server_error")
-                    self.respond(500, ((b"content-type", JSON),), body)
+                self._closing = True
+            if not self.responded:  # a bug above; the client must not wait for ever
+                body = error_body("internal error in the proxy", "server_error")
+                self.respond(500, ((b"content-type", JSON),), body)
                 self._closing = True
             self.request = None
             if self._closing or not request.keep_alive:

@@ -135,23 +135,23 @@ class Upstream:
                 raise _Failed("upstream_5xx", f"answered HTTP {response.status}")
             if response.header(b"content-type").startswith(b"text/event-stream"):
                 await self._relay_stream(request, backend, response, deadline, client)
-            else:
-                await self._relay_whole(request, backend, response, deadline, client)
+                return
+            ttfb = time.perf_counter() - request.started
+            body = response.whole()
+            if body is None:
+                deadline.reset(timeouts.idle)
+                body = await self._read_rest(response, deadline)
+                deadline.clear()
+            content_type = response.header(b"content-type", b"application/json")
+            client.respond(response.status, ((b"content-type", content_type),), body)
+            self._done(request, backend, response.status, ttfb, tokens_in(body))
         finally:
             response.close()
 
-    async def _relay_whole(
-        self,
-        request: ProxiedRequest,
-        backend: Backend,
-        response: Response,
-        deadline: Deadline,
-        client: Connection,
-    ) -> None:
-        ttfb = time.perf_counter() - request.started
-        deadline.reset(request.target.route.timeouts.idle)
+    @staticmethod
+    async def _read_rest(response: Response, deadline: Deadline) -> bytes:
         try:
-            body = await response.read()
+            return await response.read()
         except (UpstreamError, OSError) as exc:
             raise _Failed("stream_broken", f"broke off its answer: {exc}") from None
         except asyncio.CancelledError:
@@ -159,10 +159,6 @@ class Upstream:
                 raise
             deadline.absorb()
             raise _Failed("timeout", "stalled in the middle of its answer") from None
-        deadline.clear()
-        content_type = response.header(b"content-type", b"application/json")
-        client.respond(response.status, ((b"content-type", content_type),), body)
-        self._done(request, backend, response.status, ttfb, tokens_in(body))
 
     async def _relay_stream(
         self,

@@ -195,3 +195,17 @@ def test_idle_keep_alive_connections_do_not_delay_a_stop(proxy):
     for sock in idle:
         assert closed_by_peer(sock)
         sock.close()
+
+
+def test_http_10_stream_ends_with_the_connection(proxy):
+    sock = connect(proxy)
+    body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+    sock.sendall(post(body, version=b"1.0", extra=b"Connection: keep-alive\r\n"))
+    received = bytearray()
+    while data := sock.recv(65536):  # no chunked encoding for HTTP/1.0: read until closed
+        received += data
+    head, _, text = bytes(received).partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0] and b"connection: close" in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+    assert text.count(b"data: ") == 6 and text.rstrip().endswith(b"data: [DONE]")
+    sock.close()
