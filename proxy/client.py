@@ -190,10 +190,10 @@ class _Connection(asyncio.Protocol):
         self.response = Response(self)
         self.reusable = False
         self.headers_ready = self.loop.create_future()
-        if body:
-            self.transport.writelines((head, body))
+        if len(body) < 65536:  # one buffer: cheaper for the kernel than a writev
+            self.transport.write(head + body)
         else:
-            self.transport.write(head)
+            self.transport.writelines((head, body))
         return self.headers_ready
 
     def finish(self, complete: bool) -> None:
