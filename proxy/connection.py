@@ -30,7 +30,7 @@ from .errors import error_body
 logger = logging.getLogger("proxy")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
-MAX_PIPELINED = 16  # requests read ahead of the one being answered before reading pauses
+MAX_PIPELINED = 4  # requests read ahead of the one being answered before reading pauses
 JSON = b"application/json"
 COPY_BELOW = 64 * 1024  # a head and a body smaller than this are joined into one write
 
