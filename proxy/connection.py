@@ -1,16 +1,18 @@
 """The proxy's HTTP/1.1 server side: one asyncio Protocol per client connection.
 
 Why not uvicorn: measured on a 2-core box, uvicorn's per-request machinery (an ASGI scope, a
-request-cycle object with its event, message dicts, a keep-alive timer per response) and the
-ASGI hop into the app cost as much CPU as the rest of the proxy together. Here a request is parsed
-by httptools' C parser (the one uvicorn uses) and handed whole to the proxy, which answers by
-writing to the socket: a response's head and body leave in one system call.
+request-cycle object with its event, message dicts, a keep-alive timer per response) and the ASGI
+hop into the app cost as much CPU as the rest of the proxy together; with it gone (and the other
+cuts of the same change) a small request went from ~85 to ~48 µs of the proxy's CPU. Here a
+request is parsed by httptools' C parser (the one uvicorn uses) and handed whole to the proxy,
+which answers by writing to the socket: a small response's head and body in one system call.
 
 What a client can count on: keep-alive (HTTP/1.1's default, HTTP/1.0's when asked), pipelined
-requests answered in order, ``Expect: 100-continue``, a body limit (413 before the body is read
-when Content-Length already says too much), chunked responses for streams with back-pressure
-(``send_chunk`` waits while the client reads slower than the backend writes), and a client that
-goes away cancels its request at once, so the backend's request is closed with it.
+requests answered in order, ``Expect: 100-continue``, chunked uploads, a body limit (a body over it
+is read and dropped, then answered 413; one announced with ``Expect`` is refused before it is
+sent), chunked responses for streams with back-pressure (``send_chunk`` waits while the client
+reads slower than the backend writes), and a client that goes away cancels its request at once,
+so the backend's request is closed with it.
 """
 
 from __future__ import annotations
