@@ -4,9 +4,11 @@ auth, limits and load. Every server here is real and listens on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -92,6 +94,47 @@ def test_refused_connection_is_retried_on_another_backend(standin, start_proxy):
         response = httpx.post(proxy.url + "/v1/chat/completions", json=chat())
         assert response.status_code == 200
     assert standin.requests == 5
+
+
+@pytest.fixture
+def stalled_url():
+    """A loopback address whose accept queue is full: a connection attempt there hangs (the
+    SYNs are dropped) instead of being refused, as with a host that is down or firewalled."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # the premise of the tests that use it
+        probe.connect(("127.0.0.1", port))
+    probe.close()
+    yield f"http://127.0.0.1:{port}"
+    for sock in (*fillers, listener):
+        sock.close()
+
+
+def test_connect_timeout_moves_on_to_another_backend(standin, start_proxy, stalled_url):
+    # the stalled backend comes in by a reload, so no health check (every 60 s here) marks it
+    # down before the request tries it: the request itself meets the connect timeout
+    proxy = start_proxy({**routes_for("m", standin.url), "health_interval": 60})
+    routes = routes_for("m", stalled_url, standin.url, timeouts={"connect": 0.3})
+    proxy.write_routes({**routes, "health_interval": 60})
+    proxy.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "routes reloaded" in proxy.log()), proxy.log()
+    response = httpx.post(proxy.url + "/v1/chat/completions", json=chat(), timeout=30)
+    assert response.status_code == 200
+    assert standin.requests == 1
+    metrics = httpx.get(proxy.url + "/metrics").text
+    failed = f'toolkit_proxy_errors_total{{backend="{stalled_url}",kind="connect",model="m"}} 1.0'
+    assert failed in metrics
 
 
 def test_loading_backend_is_retried_and_rested(standin, start_proxy):
