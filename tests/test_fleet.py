@@ -130,7 +130,9 @@ class Fleet:
         self.env.pop("TOOLKIT_BECOME_PASSWORD", None)
 
     def toolkit(self, *args: str, inventory: Path | None = None, env: dict | None = None,
-                timeout: float = 900) -> subprocess.CompletedProcess:  # fmt: skip
+                timeout: float = 900, typed: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        """``typed``: what the user types at a prompt (stdin; in a session of its own, with no
+        terminal, so a password prompt reads it from stdin)."""
         return subprocess.run(
             [sys.executable, "-m", "toolkit.cli", *args]
             + ([] if args[0] == "history" else ["-i", str(inventory or self.inventory)]),
@@ -138,7 +140,9 @@ class Fleet:
             text=True,
             env={**self.env, **(env or {})},
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            input=typed,
+            stdin=subprocess.DEVNULL if typed is None else None,
+            start_new_session=typed is not None,
         )
 
     def apply(self, *args: str, playbook: Path | None = None, **kw) -> subprocess.CompletedProcess:
@@ -484,8 +488,10 @@ def test_become_converges_as_root_and_never_logs_the_password(fleet, become_root
             assert re.search(rf"^{h.name}:\s+verified\s+{MODEL}", out, re.M), out
             url = f"http://127.0.0.1:{entries[h.name]['proxy_port']}/v1/models"
             assert MODEL in [m["id"] for m in httpx.get(url, timeout=10).json()["data"]]
-        again = fleet.apply("--json", inventory=inventory, env=env)
-        assert again.returncode == 0
+        # the second run is told the password at -K's prompt instead of by the environment
+        again = fleet.apply("--json", "-K", inventory=inventory, typed=password + "\n")
+        assert again.returncode == 0, again.stderr
+        assert "BECOME password" in again.stderr
         facts = {e["host"]: e["facts"] for e in events(again, "facts")}
         assert {f["user"] for f in facts.values()} == {"root"}
         assert all(e["changed"] == 0 for e in host_events(again).values()), again.stdout
