@@ -251,3 +251,31 @@ def test_wrong_sha256_fails_the_host_and_leaves_no_file(tmp_path):
     assert leftovers == []
     assert not (ws.data / "models").exists() or list((ws.data / "models").iterdir()) == []
     assert ws.processes() == []
+
+
+def test_a_llama_server_on_path_is_used_as_it_is(site, tmp_path):
+    """``install: auto`` with a llama-server on PATH: that one is started, nothing is pip-installed
+    for it. The llama-server here is a real engine: llama.cpp's server from the xllamacpp wheel,
+    behind the same command line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    server = bin_dir / "llama-server"
+    shim = REPO / "toolkit/runtimes/xllamacpp_server.py"
+    server.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{shim}" "$@"\n')
+    server.chmod(0o755)
+    (tmp_path / "site").mkdir()
+    ws = Workspace(tmp_path / "site", free_port())
+    ws.env["PATH"] = f"{bin_dir}{os.pathsep}{ws.env['PATH']}"
+    ws.env["TOOLKIT_CACHE_DIR"] = site.env["TOOLKIT_CACHE_DIR"]  # the model is there already
+    try:
+        result = ws.apply()
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        assert re.search(rf"verified\s+{GEMMA}: answered", out), out
+        programs = "".join(p.read_text() for p in (ws.data / "supervisor").rglob("*.conf"))
+        assert f"command={server} -m " in programs, programs
+        assert not list((ws.data / "venv").glob("lib/python*/site-packages/xllamacpp"))
+    finally:
+        ws.toolkit("down", str(ws.playbook))
+        for pid, _ in ws.processes():
+            os.kill(pid, signal.SIGKILL)
