@@ -24,12 +24,6 @@ from tests.upstream_standin import ProxyProcess, StandIn, routes_for
 
 
 @pytest.fixture
-def standin():
-    with StandIn() as server:
-        yield server
-
-
-@pytest.fixture
 def start_proxy(tmp_path):
     started: list[ProxyProcess] = []
 

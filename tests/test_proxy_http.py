@@ -18,12 +18,6 @@ BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def standin():
-    with StandIn() as server:
-        yield server
-
-
-@pytest.fixture
 def proxy(standin, tmp_path):
     process = ProxyProcess(routes_for("m", standin.url), tmp_path)
     yield process

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, free_port, stop_process
-from tests.upstream_standin import ProxyProcess, StandIn, routes_for
+from tests.upstream_standin import ProxyProcess, routes_for
 
 
 def children_of(pid: int) -> set[int]:
@@ -47,12 +47,6 @@ def wait_for(condition, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
-
-
-@pytest.fixture
-def standin():
-    with StandIn() as server:
-        yield server
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ test can watch the proxy close the request when its client goes away. It is a st
 engine: the real engine is the ``llama_engine`` fixture.
 
 ``ProxyProcess`` runs ``python -m proxy`` in a subprocess on a free port and stops it by pid.
+
+The ``standin`` fixture (a ``StandIn`` in ok mode for one test) reaches every test module through
+``pytest_plugins`` in conftest.py.
 """
 
 from __future__ import annotations
@@ -21,12 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp import web
 
 from tests.conftest import REPO, free_port, stop_process, wait_http_ok
 
 MODES = ("ok", "loading", "die_mid_stream")
+
+
+@pytest.fixture
+def standin():
+    with StandIn() as server:
+        yield server
 
 
 class StandIn:
