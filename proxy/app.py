@@ -95,7 +95,7 @@ class Proxy:
             self.upstream.close()
             self.access_log.flush()
 
-    async def handle(self, request: Request, connection: Connection) -> None:
+    def handle(self, request: Request, connection: Connection) -> None:
         """Answer one request: the OpenAI POST paths here (check, parse, route, forward; every
         outcome one access log line), the rest through the Starlette app."""
         url = request.url
@@ -104,12 +104,11 @@ class Proxy:
             if request.too_large:
                 _too_large(request.too_large).respond(connection)
             else:
-                await call_asgi(self.app, request, connection)
+                connection.run(call_asgi(self.app, request, connection))
             return
         started = time.perf_counter()
         table = self.table
         name = path.decode()
-        model = ""
         try:
             if request.method != b"POST":
                 raise _not_allowed(request.method, name)
@@ -118,25 +117,10 @@ class Proxy:
             if request.too_large:
                 raise _too_large(request.too_large)
             proxied = _parse(name, table, request.body, started)
-            model = proxied.target.route.name
-            await self.upstream.forward(proxied, connection)
-        except ProxyError as exc:
-            exc.respond(connection)
-            self._refused(name, model or exc.model, model, exc.status, started, exc.message)
-        except asyncio.CancelledError:
-            if not connection.disconnected:
-                raise
-            self._refused(name, model, model, 499, started, "client disconnected")
-
-    def _refused(
-        self, path: str, model: str, routed: str, status: int, started: float, error: str
-    ) -> None:
-        """Metrics and the access log for a request no backend answered (``routed``: the model
-        it was routed to, empty when it was refused before routing)."""
-        latency = time.perf_counter() - started
-        if status != 499:
-            self.metrics.observe(routed, "", status, latency, None)
-        self.access_log.write(path, model, "", status, latency, None, None, error)
+        except ProxyError as error:
+            self.upstream.refused(connection, error, name, "", started)
+            return
+        self.upstream.forward(proxied, connection)
 
 
 def _parse(path: str, table: RouteTable, body: bytes, started: float) -> ProxiedRequest:

@@ -16,6 +16,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -118,8 +119,13 @@ class Response:
             self._waiter.set_result(None)
 
 
+Ready = Callable[["Response | None", "UpstreamError | None"], None]
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; carries one request at a time."""
+    """One keep-alive connection; carries one request at a time. ``send`` is told, through its
+    ``ready`` callback, when the response's headers are in (with whatever of the body came with
+    them), or that the request failed before that."""
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -127,7 +133,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
-        self.headers_ready: asyncio.Future[Response] | None = None
+        self.ready: Ready | None = None  # told once, when the response's headers are in
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
@@ -144,6 +150,11 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"invalid HTTP from the backend: {exc}"))
             self.close()
+            return
+        ready, response = self.ready, self.response
+        if ready is not None and response is not None and response.status:
+            self.ready = None
+            ready(response, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -172,8 +183,6 @@ class _Connection(asyncio.Protocol):
         response.status = status
         response.headers = self._headers
         self._headers = {}
-        if self.headers_ready is not None and not self.headers_ready.done():
-            self.headers_ready.set_result(response)
 
     def on_body(self, body: bytes) -> None:
         if self.response is not None:
@@ -185,20 +194,19 @@ class _Connection(asyncio.Protocol):
             self.response._end()
 
     # used by Pool and Response
-    def send(self, head: bytes, body: bytes) -> asyncio.Future[Response]:
+    def send(self, head: bytes, body: bytes, ready: Ready) -> None:
         assert self.transport is not None
         self.response = Response(self)
         self.reusable = False
-        self.headers_ready = self.loop.create_future()
+        self.ready = ready
         if len(body) < 65536:  # one buffer: cheaper for the kernel than a writev
             self.transport.write(head + body)
         else:
             self.transport.writelines((head, body))
-        return self.headers_ready
 
     def finish(self, complete: bool) -> None:
         self.response = None
-        self.headers_ready = None
+        self.ready = None
         if complete and self.reusable and not self.closed:
             self.resume()
             self.idle_since = time.monotonic()
@@ -222,8 +230,10 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def _fail(self, error: UpstreamError) -> None:
-        if self.headers_ready is not None and not self.headers_ready.done():
-            self.headers_ready.set_exception(error)
+        ready = self.ready
+        if ready is not None:
+            self.ready = None
+            ready(None, error)
         elif self.response is not None:
             self.response._end(error)
 
@@ -252,10 +262,31 @@ class Pool:
         content_type: bytes = b"application/json",
     ) -> Response:
         """Send a request and wait for the response's headers (not its body)."""
-        connection = self._idle_connection() or await self._connect(connect_timeout)
+        connection = self.idle_connection() or await self._connect(connect_timeout)
+        headers_in: asyncio.Future[Response] = connection.loop.create_future()
+
+        def ready(response: Response | None, error: UpstreamError | None) -> None:
+            if headers_in.done():
+                return
+            if response is not None:
+                headers_in.set_result(response)
+            else:
+                headers_in.set_exception(error or UpstreamError("no response"))
+
+        connection.send(self.head(method, path, len(body), content_type), body, ready)
+        try:
+            return await headers_in
+        except BaseException:
+            connection.finish(False)
+            raise
+
+    def head(
+        self, method: bytes, path: str, length: int, content_type: bytes = b"application/json"
+    ) -> bytes:
+        """A request's head: the same for every request but its length, so it is made once."""
         key = (method, path, content_type)
         prefix = self._heads.get(key)
-        if prefix is None:  # the head is the same for every request but its length
+        if prefix is None:
             if len(self._heads) > 256:
                 self._heads.clear()
             prefix = self._heads[key] = b"".join(
@@ -270,12 +301,7 @@ class Pool:
                     b"\r\nContent-Length: ",
                 )
             )
-        head = b"%s%d\r\n\r\n" % (prefix, len(body))
-        try:
-            return await connection.send(head, body)
-        except BaseException:
-            connection.finish(False)
-            raise
+        return b"%s%d\r\n\r\n" % (prefix, length)
 
     def release(self, connection: _Connection) -> None:
         self._idle.append(connection)
@@ -284,7 +310,8 @@ class Pool:
         while self._idle:
             self._idle.pop().close()
 
-    def _idle_connection(self) -> _Connection | None:
+    def idle_connection(self) -> _Connection | None:
+        """A keep-alive connection that is open and has not idled too long, if there is one."""
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()

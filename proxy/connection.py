@@ -22,8 +22,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
+from functools import partial
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -79,7 +80,14 @@ class Request:
         return None
 
 
-Handler = Callable[["Request", "Connection"], Coroutine[Any, Any, None]]
+Handler = Callable[["Request", "Connection"], None]
+
+
+class Work(Protocol):
+    """What answers a request while the connection waits: a task, or an exchange run by
+    callbacks (``upstream.py``); ``cancel`` is called when the client goes away."""
+
+    def cancel(self) -> Any: ...
 
 
 class Listener:
@@ -111,8 +119,11 @@ class Listener:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection. The handler answers the current request with ``respond`` (a
-    whole body) or ``start_stream`` / ``send_chunk`` / ``end_stream``."""
+    """One client connection. Its requests are answered one at a time, in order: the handler
+    is called with each and answers it with ``respond`` (a whole body) or ``start_stream`` /
+    ``send_chunk`` / ``end_stream``, at once or later. Work that waits runs in a task (``run``),
+    or on callbacks that register themselves as ``work`` so that a client going away cancels it.
+    """
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -121,14 +132,13 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
-        self.task: asyncio.Task[None] | None = None  # answers this connection's requests
         self.request: Request | None = None  # the one being answered
+        self.work: Work | None = None  # what answers it, when that takes a while
         self.responded = False  # whether the current request's answer has begun
         self.disconnected = False
         self.idle_since = time.monotonic()  # since when it waits for a whole request
         self._closing = False  # close once the current answer is complete
         self._queue: deque[Request] = deque()  # read, not yet answered
-        self._arrived: asyncio.Future[None] | None = None  # the task waits for a request
         self._reading_paused = False
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -148,28 +158,30 @@ class Connection(asyncio.Protocol):
         self.server = _address(transport.get_extra_info("sockname"))
         self.listener.connections.add(self)
         self._closing = self.listener.stopping
-        # one task answers every request of the connection in turn: cheaper than a task each
-        self.task = self.loop.create_task(self._answer_all())
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(501, "protocol upgrades (WebSocket) are not supported here")
+            return
         except httptools.HttpParserError as exc:
             refused = exc.__context__  # raised by one of our callbacks below
             if isinstance(refused, _Refused):
                 self._refuse(refused.status, str(refused))
             else:
                 self._refuse(400, f"invalid HTTP request: {exc}")
+            return
+        self._answer_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self.listener.connections.discard(self)
         self._queue.clear()
-        if self.task is not None:
-            self.task.cancel()  # the handler sees ``disconnected`` and closes its backend request
-        for waiter in (self._drained, self._closed, self._arrived):
+        if self.work is not None:
+            self.work.cancel()  # it sees ``disconnected`` and closes its backend request
+            self.work = None
+        for waiter in (self._drained, self._closed):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
@@ -246,29 +258,25 @@ class Connection(asyncio.Protocol):
             request.keep_alive = False
         self._body = []
         self._queue.append(request)
-        arrived = self._arrived
-        if arrived is not None:
-            self._arrived = None
-            arrived.set_result(None)
-        elif len(self._queue) >= MAX_PIPELINED and not self._reading_paused:
+        if len(self._queue) >= MAX_PIPELINED and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     # answering
     def respond(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
         """The whole answer to the current request: head and body in one write."""
-        head = self._head(status, headers)
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is not None and not transport.is_closing():
+            head = self._head(status, headers)
+            head.append(b"content-length: %d\r\n\r\n" % len(body))
+            if body and (self.request is None or self.request.method != b"HEAD"):
+                head.append(body)
+            if len(body) < COPY_BELOW:
+                transport.write(b"".join(head))  # one buffer: cheaper for the kernel than writev
+            else:
+                transport.writelines(head)
         self.responded = True
-        if body and (self.request is None or self.request.method != b"HEAD"):
-            head.append(body)
-        if len(body) < COPY_BELOW:
-            transport.write(b"".join(head))  # one buffer: cheaper for the kernel than a writev
-        else:
-            transport.writelines(head)
+        self._answered()
 
     def start_stream(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """The head of an answer whose body follows in chunks (HTTP/1.1 chunked encoding; an
@@ -300,6 +308,18 @@ class Connection(asyncio.Protocol):
     def end_stream(self) -> None:
         if self._chunked and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"0\r\n\r\n")
+        self._answered()
+
+    def run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Answer the current request with ``work`` in a task, which a client going away
+        cancels."""
+        task = self.work = self.loop.create_task(work)
+        task.add_done_callback(partial(self._ran, self.request))
+
+    def broken(self) -> None:
+        """What answers the current request broke (a bug, logged by the caller): answer 500,
+        or close if the answer had begun."""
+        self._failed(self.request)
 
     async def wait_closed(self) -> None:
         if self.disconnected:
@@ -339,42 +359,51 @@ class Connection(asyncio.Protocol):
             head.append(b"connection: keep-alive\r\n")
         return head
 
-    async def _answer_all(self) -> None:
+    def _answer_next(self) -> None:
+        """Hand the next request read to the handler, if none is being answered."""
+        if self.request is not None or not self._queue or self.disconnected:
+            return
+        request = self.request = self._queue.popleft()
+        self.responded = False
+        if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
         try:
-            await self._answer_each()
-        finally:
-            self.close()
+            self.listener.handler(request, self)
+        except Exception:
+            logger.exception("unexpected error answering %s", request.url.decode("latin-1"))
+            self._failed(request)
 
-    async def _answer_each(self) -> None:
-        while not self.disconnected:
-            if not self._queue:
-                self.idle_since = time.monotonic()
-                self._arrived = self.loop.create_future()
-                await self._arrived
-                if not self._queue:
-                    return  # the client went away
-            request = self._queue.popleft()
-            if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2:
-                self._reading_paused = False
-                self.transport.resume_reading()  # type: ignore[union-attr]
-            self.request = request
-            self.responded = False
-            try:
-                await self.listener.handler(request, self)
-            except asyncio.CancelledError:
-                if not self.disconnected:
-                    raise
-                return
-            except Exception:
-                logger.exception("unexpected error answering %s", request.url.decode("latin-1"))
-                self._closing = True
-            if not self.responded:  # a bug above; the client must not wait for ever
-                body = error_body("internal error in the proxy", "server_error")
-                self.respond(500, ((b"content-type", JSON),), body)
-                self._closing = True
-            self.request = None
-            if self._closing or not request.keep_alive:
-                return
+    def _answered(self) -> None:
+        """The current request's answer is complete: the connection is free for the next."""
+        request, self.request, self.work = self.request, None, None
+        if self._closing or request is None or not request.keep_alive:
+            self._queue.clear()
+            self.close()
+        elif self._queue:  # pipelined: answered once the code that answered this one is done
+            self.loop.call_soon(self._answer_next)
+        else:
+            self.idle_since = time.monotonic()
+
+    def _ran(self, request: Request | None, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            url = request.url.decode("latin-1") if request else ""
+            logger.error("unexpected error answering %s", url, exc_info=error)
+        elif self.request is request and request is not None and not self.disconnected:
+            logger.error("no answer to %s", request.url.decode("latin-1"))
+        self._failed(request)
+
+    def _failed(self, request: Request | None) -> None:
+        """A bug left ``request`` without a (whole) answer: the client must not wait for ever."""
+        if self.request is not request or request is None or self.disconnected:
+            return
+        self._closing = True
+        if self.responded:  # a stream broke off: only closing tells the client
+            self._answered()
+        else:
+            body = error_body("internal error in the proxy", "server_error")
+            self.respond(500, ((b"content-type", JSON),), body)
 
     def _refuse(self, status: int, message: str) -> None:
         """A request that cannot be read on: answer now if nothing else is being answered on

@@ -1,16 +1,19 @@
 """Deadlines for requests to backends: first byte, then idle time between chunks.
 
 A deadline is a time moved with ``reset``; one clock task per proxy looks at the live deadlines
-every ``TICK`` seconds and cancels the task of each one that has passed. Moving a number costs
-next to nothing, where a timer per move (``loop.call_later`` and ``cancel``) was ~5% of the
-proxy's CPU; the price is that a timeout fires up to ``TICK`` late. It works on Python 3.10
-(which has no ``asyncio.timeout``).
+every ``TICK`` seconds and cancels the work of each one that has passed: a task, or an exchange
+run by callbacks (``upstream.py``), which reads ``expired`` to tell a timeout from a client gone.
+Moving a number costs next to nothing, where a timer per move (``loop.call_later`` and
+``cancel``) was ~5% of the proxy's CPU; the price is that a timeout fires up to ``TICK`` late. It
+works on Python 3.10 (which has no ``asyncio.timeout``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+from .connection import Work
 
 TICK = 0.05
 
@@ -21,8 +24,8 @@ class Clock:
     def __init__(self) -> None:
         self.live: set[Deadline] = set()
 
-    def deadline(self, task: asyncio.Task[object]) -> Deadline:
-        deadline = Deadline(self, task)
+    def deadline(self, work: Work) -> Deadline:
+        deadline = Deadline(self, work)
         self.live.add(deadline)
         return deadline
 
@@ -37,13 +40,13 @@ class Clock:
 
 
 class Deadline:
-    """Cancels its task when the time runs out; ``expired`` tells it was us."""
+    """Cancels its work when the time runs out; ``expired`` tells it was us."""
 
-    __slots__ = ("_clock", "_task", "at", "expired")
+    __slots__ = ("_clock", "_work", "at", "expired")
 
-    def __init__(self, clock: Clock, task: asyncio.Task[object]) -> None:
+    def __init__(self, clock: Clock, work: Work) -> None:
         self._clock = clock
-        self._task = task
+        self._work = work
         self.at: float | None = None
         self.expired = False
 
@@ -62,11 +65,12 @@ class Deadline:
     def expire(self) -> None:
         self.at = None
         self.expired = True
-        self._task.cancel()
+        self._work.cancel()
 
     def absorb(self) -> None:
-        """After catching the CancelledError we caused: undo the cancel request (Python 3.11+)."""
+        """After catching the CancelledError we caused in a task: undo the cancel request
+        (Python 3.11+)."""
         self.expired = False
-        uncancel = getattr(self._task, "uncancel", None)
+        uncancel = getattr(self._work, "uncancel", None)
         if uncancel is not None:
             uncancel()

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .access_log import AccessLog, tokens_in
 from .backends import Backend, candidates, retry_after
@@ -23,6 +24,11 @@ from .deadline import Clock, Deadline
 from .errors import ProxyError, error_event
 from .metrics import Metrics
 from .table import Target
+
+if TYPE_CHECKING:
+    from .client import _Connection
+
+logger = logging.getLogger("proxy")
 
 RETRYABLE_STATUS = frozenset((502, 503, 504))
 STREAM_HEADERS = [
@@ -75,17 +81,72 @@ class Upstream:
     def close(self) -> None:
         self.client.close()
 
-    async def forward(self, request: ProxiedRequest, client: Connection) -> None:
-        """Send ``request`` to the best backend that answers, and relay the answer to
-        ``client``, the connection whose task this runs in."""
+    def forward(self, request: ProxiedRequest, client: Connection) -> None:
+        """Send ``request`` to the best backend that answers, and relay the answer to ``client``.
+
+        The usual request needs no task: a keep-alive connection to the best backend is idle,
+        and the answer comes whole and good. That runs on callbacks alone (``_Exchange``):
+        measured, 5% fewer instructions per proxied request than a task woken twice (156k ->
+        148k, the whole process under callgrind). Anything else (a stream, a retry, a new
+        connection, a body in several pieces) goes on in a task, ``_forward``."""
+        choices = candidates(request.target.backends, time.monotonic())
+        idle = self.client.pool(choices[0].url).idle_connection() if choices else None
+        if idle is not None:
+            _Exchange(self, request, choices, idle, client)
+        else:
+            client.run(self._forward(request, client, choices))
+
+    def refused(
+        self, client: Connection, error: ProxyError, path: str, model: str, started: float
+    ) -> None:
+        """Answer ``error`` to a request no backend answered; metrics and the access log."""
+        error.respond(client)
+        self.log_refused(path, model, error.model or model, error.status, started, error.message)
+
+    def log_refused(
+        self, path: str, routed: str, model: str, status: int, started: float, message: str
+    ) -> None:
+        """``routed``: the model the request was routed to, empty when it was refused before
+        routing; ``model``: the model it named."""
+        latency = time.perf_counter() - started
+        if status != 499:
+            self.metrics.observe(routed, "", status, latency, None)
+        self.access_log.write(path, model, "", status, latency, None, None, message)
+
+    async def _forward(
+        self,
+        request: ProxiedRequest,
+        client: Connection,
+        choices: list[Backend],
+        first: Response | _Failed | None = None,
+    ) -> None:
+        """``forward`` in a task; ``first``: how the first backend's try went, when an exchange
+        began it."""
+        model = request.target.route.name
+        try:
+            await self._try_each(request, client, choices, first)
+        except ProxyError as error:
+            self.refused(client, error, request.path, model, request.started)
+        except asyncio.CancelledError:
+            if not client.disconnected:
+                raise
+            self.log_refused(
+                request.path, model, model, 499, request.started, "client disconnected"
+            )
+
+    async def _try_each(
+        self,
+        request: ProxiedRequest,
+        client: Connection,
+        choices: list[Backend],
+        first: Response | _Failed | None,
+    ) -> None:
         target = request.target
         model = target.route.name
-        now = time.monotonic()
-        choices = candidates(target.backends, now)
         if not choices:
             self.metrics.error(model, "", "no_backend")
-            raise _no_backend(target, now, "all backends are down")
-        deadline = self.clock.deadline(client.task)  # type: ignore[arg-type]
+            raise _no_backend(target, time.monotonic(), "all backends are down")
+        deadline = self.clock.deadline(client.work)  # type: ignore[arg-type]
         last_error = ""
         same_backend_retry = True
         index = 0
@@ -93,8 +154,18 @@ class Upstream:
             while index < len(choices):
                 backend = choices[index]
                 backend.in_flight += 1
+                outcome, first = first, None
                 try:
-                    await self._try_backend(request, backend, deadline, client)
+                    if outcome is None:
+                        response = await self._send(request, backend, deadline)
+                    elif isinstance(outcome, _Failed):
+                        raise outcome
+                    else:
+                        response = outcome
+                    try:
+                        await self._relay(request, backend, response, deadline, client)
+                    finally:
+                        response.close()
                     return
                 except _Failed as failure:
                     last_error = f"{backend.url}: {failure}"
@@ -112,41 +183,72 @@ class Upstream:
             deadline.close()
         raise _no_backend(target, time.monotonic(), last_error)
 
-    async def _try_backend(
-        self, request: ProxiedRequest, backend: Backend, deadline: Deadline, client: Connection
-    ) -> None:
+    async def _send(
+        self, request: ProxiedRequest, backend: Backend, deadline: Deadline
+    ) -> Response:
+        """Send the request; the response once its headers are in."""
         timeouts = request.target.route.timeouts
         deadline.reset(timeouts.first_byte)
         try:
-            response = await self.client.pool(backend.url).request(
+            return await self.client.pool(backend.url).request(
                 b"POST", request.path, request.body_for(backend), timeouts.connect
             )
-        except Disconnected as exc:
-            raise _Failed("disconnected", str(exc)) from None
         except (UpstreamError, OSError) as exc:
-            raise _Failed("connect", str(exc) or type(exc).__name__) from None
+            raise _failure(exc) from None
         except asyncio.CancelledError:
             if not deadline.expired:
                 raise
             deadline.absorb()
-            raise _Failed("timeout", f"no response within {timeouts.first_byte:g} s") from None
-        try:
-            if response.status in RETRYABLE_STATUS:
-                raise _Failed("upstream_5xx", f"answered HTTP {response.status}")
-            if response.header(b"content-type").startswith(b"text/event-stream"):
-                await self._relay_stream(request, backend, response, deadline, client)
-                return
-            ttfb = time.perf_counter() - request.started
-            body = response.whole()
-            if body is None:
-                deadline.reset(timeouts.idle)
-                body = await self._read_rest(response, deadline)
-                deadline.clear()
-            content_type = response.header(b"content-type", b"application/json")
-            client.respond(response.status, ((b"content-type", content_type),), body)
-            self._done(request, backend, response.status, ttfb, tokens_in(body))
-        finally:
-            response.close()
+            raise _timeout(request) from None
+
+    async def _relay(
+        self,
+        request: ProxiedRequest,
+        backend: Backend,
+        response: Response,
+        deadline: Deadline,
+        client: Connection,
+    ) -> None:
+        """Relay a response whose headers are in: whole, streamed, or read to its end first."""
+        if self.answer(request, backend, response, client):
+            return
+        if response.header(b"content-type").startswith(b"text/event-stream"):
+            await self._relay_stream(request, backend, response, deadline, client)
+            return
+        ttfb = time.perf_counter() - request.started
+        deadline.reset(request.target.route.timeouts.idle)
+        body = await self._read_rest(response, deadline)
+        deadline.clear()
+        self._respond(request, backend, response, client, body, ttfb)
+
+    def answer(
+        self, request: ProxiedRequest, backend: Backend, response: Response, client: Connection
+    ) -> bool:
+        """Answer the client if the response is whole (the usual for a small answer: the body
+        came with the headers); False if it is a stream or its body is still coming. Raises
+        _Failed for an answer that sends the request to the next backend."""
+        if response.status in RETRYABLE_STATUS:
+            raise _Failed("upstream_5xx", f"answered HTTP {response.status}")
+        body = response.whole()
+        if body is None or response.header(b"content-type").startswith(b"text/event-stream"):
+            return False
+        self._respond(
+            request, backend, response, client, body, time.perf_counter() - request.started
+        )
+        return True
+
+    def _respond(
+        self,
+        request: ProxiedRequest,
+        backend: Backend,
+        response: Response,
+        client: Connection,
+        body: bytes,
+        ttfb: float,
+    ) -> None:
+        content_type = response.header(b"content-type", b"application/json")
+        client.respond(response.status, ((b"content-type", content_type),), body)
+        self._done(request, backend, response.status, ttfb, tokens_in(body))
 
     @staticmethod
     async def _read_rest(response: Response, deadline: Deadline) -> bytes:
@@ -222,6 +324,89 @@ class Upstream:
         self.access_log.write(
             request.path, model, backend.url, status, latency, ttfb, tokens, error
         )
+
+
+class _Exchange:
+    """The first try of a request on an idle keep-alive connection, run by callbacks: the
+    connection's ``ready``, the deadline's and the client's ``cancel``. A whole answer is
+    answered here; anything else goes on in a task (``Upstream._forward``) from where it got."""
+
+    __slots__ = ("upstream", "request", "choices", "connection", "client", "deadline")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        request: ProxiedRequest,
+        choices: list[Backend],
+        connection: _Connection,
+        client: Connection,
+    ) -> None:
+        self.upstream = upstream
+        self.request = request
+        self.choices = choices
+        self.connection = connection
+        self.client = client
+        backend = choices[0]
+        backend.in_flight += 1
+        self.deadline = upstream.clock.deadline(self)
+        self.deadline.reset(request.target.route.timeouts.first_byte)
+        client.work = self
+        body = request.body_for(backend)
+        head = upstream.client.pool(backend.url).head(b"POST", request.path, len(body))
+        connection.send(head, body, self._ready)
+
+    def _ready(self, response: Response | None, error: UpstreamError | None) -> None:
+        self._end()
+        try:
+            self._relay(response, error)
+        except Exception:  # a bug: it must not leave the client waiting
+            logger.exception("unexpected error relaying %s", self.request.path)
+            self.connection.finish(False)
+            self.client.broken()
+
+    def _relay(self, response: Response | None, error: UpstreamError | None) -> None:
+        if response is None:
+            self._go_on(_failure(error or UpstreamError("no response")))
+            return
+        try:
+            answered = self.upstream.answer(self.request, self.choices[0], response, self.client)
+        except _Failed as failure:
+            response.close()
+            self._go_on(failure)
+            return
+        if answered:
+            response.close()
+        else:
+            self._go_on(response)
+
+    def cancel(self) -> None:
+        """The deadline passed, or the client went away."""
+        self._end()
+        self.connection.finish(False)
+        if self.deadline.expired:
+            self._go_on(_timeout(self.request))
+        else:
+            route = self.request.target.route.name
+            self.upstream.log_refused(
+                self.request.path, route, route, 499, self.request.started, "client disconnected"
+            )
+
+    def _end(self) -> None:
+        self.choices[0].in_flight -= 1
+        self.deadline.close()
+
+    def _go_on(self, first: Response | _Failed) -> None:
+        self.client.run(self.upstream._forward(self.request, self.client, self.choices, first))
+
+
+def _failure(error: BaseException) -> _Failed:
+    if isinstance(error, Disconnected):
+        return _Failed("disconnected", str(error))
+    return _Failed("connect", str(error) or type(error).__name__)
+
+
+def _timeout(request: ProxiedRequest) -> _Failed:
+    return _Failed("timeout", f"no response within {request.target.route.timeouts.first_byte:g} s")
 
 
 def _no_backend(target: Target, now: float, detail: str) -> ProxyError:

@@ -222,6 +222,59 @@ def test_first_byte_timeout_moves_on_then_gives_up(standin, start_proxy):
     assert "no response within" in response.json()["error"]["message"]
 
 
+# The usual request is answered on callbacks alone when a keep-alive connection to its backend
+# is idle (``upstream._Exchange``); whatever else happens to it goes on in a task. Each test
+# below first makes one request, which leaves such a connection, so the next starts that way.
+
+
+def warm_up(proxy: ProxyProcess) -> None:
+    response = httpx.post(proxy.url + "/v1/chat/completions", json=chat(), timeout=30)
+    assert response.status_code == 200
+
+
+def test_warm_503_is_retried_on_another_backend(start_proxy):
+    with StandIn() as first, StandIn() as second:
+        proxy = start_proxy({**routes_for("m", first.url, second.url), "health_interval": 60})
+        warm_up(proxy)
+        assert (first.requests, second.requests) == (1, 0)  # the first is tried first
+        first.mode = "loading"
+        response = httpx.post(proxy.url + "/v1/chat/completions", json=chat(), timeout=30)
+        assert response.status_code == 200
+        assert (first.requests, second.requests) == (2, 1)
+        assert 'kind="upstream_5xx"' in httpx.get(proxy.url + "/metrics").text
+
+
+def test_warm_first_byte_timeout_moves_on(start_proxy):
+    with StandIn() as first, StandIn() as second:
+        routes = routes_for("m", first.url, second.url, timeouts={"first_byte": 0.3})
+        proxy = start_proxy({**routes, "health_interval": 60})
+        warm_up(proxy)
+        first.stall = 5
+        response = httpx.post(proxy.url + "/v1/chat/completions", json=chat(), timeout=30)
+        assert response.status_code == 200
+        assert (first.requests, second.requests) == (2, 1)
+        assert first.client_closed.wait(1.0), "the timed-out request was still open after 1 s"
+
+
+def test_warm_client_giving_up_closes_upstream_request(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+    warm_up(proxy)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(proxy.url + "/v1/chat/completions", json=chat(standin_stall=30), timeout=0.5)
+    assert standin.client_closed.wait(1.0), "the upstream request was still open after 1 s"
+    assert wait_until(lambda: '"status":499' in proxy.log()), proxy.log()
+    warm_up(proxy)  # and the proxy goes on answering
+
+
+def test_warm_stream_is_relayed_whole(standin, start_proxy):
+    proxy = start_proxy(routes_for("m", standin.url))
+    warm_up(proxy)
+    body = chat(stream=True, standin_chunks=4, standin_delay=0.05)
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        events = sse_events(r.read().decode())
+    assert events[-1] == "[DONE]" and len(events) == 5
+
+
 def test_idle_timeout_ends_stream_with_error_event(standin, start_proxy):
     proxy = start_proxy(routes_for("m", standin.url, timeouts={"idle": 0.3}))
     body = chat(stream=True, standin_chunks=3, standin_delay=3)

@@ -50,6 +50,7 @@ class StandIn:
         self.health_status = health_status  # 0: as the mode says
         self.chunks = chunks
         self.delay = delay
+        self.stall = 0.0  # seconds every completion waits before its first byte
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests = 0  # completions/embeddings requests received
@@ -123,7 +124,7 @@ class StandIn:
         if self.mode == "loading":
             return _loading()
         try:  # stall before any byte of the answer
-            await asyncio.sleep(float(body.get("standin_stall", 0)))
+            await asyncio.sleep(float(body.get("standin_stall", self.stall)))
         except asyncio.CancelledError:
             self._closed()
             raise
