@@ -7,12 +7,22 @@ import time
 
 COOLOFF_FIRST = 1.0  # seconds a backend rests after its first failure
 COOLOFF_MAX = 30.0  # doubled per consecutive failure, up to this
+ERRORS_IN_A_ROW = 3  # plain 500 answers in a row that rest a backend
 
 
 class Backend:
     """One upstream server, shared by every model routed to the same URL."""
 
-    __slots__ = ("url", "runtime", "in_flight", "healthy", "down_until", "failures", "slots")
+    __slots__ = (
+        "url",
+        "runtime",
+        "in_flight",
+        "healthy",
+        "down_until",
+        "failures",
+        "errors_in_a_row",
+        "slots",
+    )
 
     def __init__(self, url: str, runtime: str) -> None:
         self.url = url
@@ -21,6 +31,7 @@ class Backend:
         self.healthy = True  # optimistic until a check or a request says otherwise
         self.down_until = 0.0
         self.failures = 0
+        self.errors_in_a_row = 0  # plain 500 answers since its last good one
         self.slots: int | None = None  # llama.cpp parallel slots, when a health check found them
 
     def __repr__(self) -> str:
@@ -39,6 +50,16 @@ class Backend:
         self.healthy = False
         self.failures += 1
         self.down_until = now + min(COOLOFF_FIRST * 2 ** (self.failures - 1), COOLOFF_MAX)
+
+    def server_error(self) -> bool:
+        """A plain 500 was passed through. One is the backend's word on that request (llama.cpp
+        answers some bad requests so); ``ERRORS_IN_A_ROW`` in a row mark it down. True then."""
+        self.errors_in_a_row += 1
+        if self.errors_in_a_row < ERRORS_IN_A_ROW:
+            return False
+        self.errors_in_a_row = 0
+        self.mark_down()
+        return True
 
     def mark_up(self) -> None:
         self.healthy = True

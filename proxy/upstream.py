@@ -5,7 +5,8 @@ The upstream client is our own (``client.py``): a keep-alive pool around httptoo
 A request is retried on the next backend only while nothing has been sent to the client:
 connection errors, 502/503/504 answers and first-byte timeouts mark the backend down (it rests for
 a cool-off) and move on. Other answers, 500 included, are the backend's word on *this* request and
-are passed through as they are.
+are passed through as they are; but a backend that answers 500 to several requests in a row is
+marked down too (``Backend.server_error``).
 """
 
 from __future__ import annotations
@@ -320,6 +321,11 @@ class Upstream:
     ) -> None:
         latency = time.perf_counter() - request.started
         model = request.target.route.name
+        if status >= 500:
+            if backend.server_error():
+                self.metrics.error(model, backend.url, "upstream_5xx")
+        elif backend.errors_in_a_row:
+            backend.errors_in_a_row = 0
         self.metrics.observe(model, backend.url, status, latency, ttfb)
         self.access_log.write(
             request.path, model, backend.url, status, latency, ttfb, tokens, error

@@ -143,6 +143,19 @@ def test_loading_backend_is_retried_and_rested(standin, start_proxy):
         assert 'kind="upstream_5xx"' in metrics
 
 
+def test_one_500_is_passed_through_three_in_a_row_rest_the_backend(standin, start_proxy):
+    with StandIn("error") as failing:
+        proxy = start_proxy({**routes_for("m", failing.url, standin.url), "health_interval": 60})
+        url = proxy.url + "/v1/chat/completions"
+        statuses = [httpx.post(url, json=chat(), timeout=30).status_code for _ in range(4)]
+        assert statuses == [500, 500, 500, 200]  # the fourth went to the other backend
+        assert (failing.requests, standin.requests) == (3, 1)
+        health = httpx.get(proxy.url + "/health").json()
+        assert health["models"]["m"] == {"healthy": 1, "backends": 2}
+        rested = f'backend="{failing.url}",kind="upstream_5xx",model="m"}} 1.0'
+        assert "toolkit_proxy_errors_total{" + rested in httpx.get(proxy.url + "/metrics").text
+
+
 def test_no_healthy_backend_is_503_with_retry_after(start_proxy):
     proxy = start_proxy(routes_for("m", dead_url()))
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)

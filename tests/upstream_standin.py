@@ -30,7 +30,7 @@ from aiohttp import web
 
 from tests.conftest import REPO, free_port, stop_process, wait_http_ok
 
-MODES = ("ok", "loading", "die_mid_stream")
+MODES = ("ok", "loading", "die_mid_stream", "error")
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def standin():
 
 
 class StandIn:
-    """A stand-in OpenAI upstream. ``mode``: ok | loading (503 everywhere) | die_mid_stream."""
+    """A stand-in OpenAI upstream. ``mode``: ok | loading (503 everywhere) | die_mid_stream |
+    error (completions answer 500, as llama.cpp does for some requests it cannot serve)."""
 
     def __init__(
         self, mode: str = "ok", chunks: int = 5, delay: float = 0.0, health_status: int = 0
@@ -123,6 +124,9 @@ class StandIn:
         self.bodies.append(body)
         if self.mode == "loading":
             return _loading()
+        if self.mode == "error":
+            error = {"code": 500, "message": "stand-in failure", "type": "server_error"}
+            return web.json_response({"error": error}, status=500)
         try:  # stall before any byte of the answer
             await asyncio.sleep(float(body.get("standin_stall", self.stall)))
         except asyncio.CancelledError:
