@@ -245,9 +245,12 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self.parser
+        url = self._url
+        if url[:1] != b"/" and url != b"*":  # absolute-form, as a client sends to a forward proxy
+            url = _origin_form(url)
         request = Request(
             parser.get_method(),
-            self._url,
+            url,
             self._headers,
             b"".join(self._body),
             parser.should_keep_alive(),
@@ -424,6 +427,17 @@ class _Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _origin_form(url: bytes) -> bytes:
+    """``/path?query`` of an absolute URL (``http://host/path?query``), which a server must
+    accept as well (RFC 9112, 3.2.2)."""
+    try:
+        parts = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return url  # answered 404 as an unknown path
+    path = parts.path or b"/"
+    return path + b"?" + parts.query if parts.query else path
 
 
 def _too_large(limit: int) -> str:

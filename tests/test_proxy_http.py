@@ -24,9 +24,14 @@ def proxy(standin, tmp_path):
     process.stop()
 
 
-def post(body: bytes = BODY, version: bytes = b"1.1", extra: bytes = b"") -> bytes:
+def post(
+    body: bytes = BODY,
+    version: bytes = b"1.1",
+    extra: bytes = b"",
+    target: bytes = b"/v1/chat/completions",
+) -> bytes:
     return (
-        b"POST /v1/chat/completions HTTP/" + version + b"\r\nHost: proxy\r\n"
+        b"POST " + target + b" HTTP/" + version + b"\r\nHost: proxy\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body) + extra + b"\r\n"
     ) + body
 
@@ -58,6 +63,18 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[byt
     body = bytes(buffer[:length])
     del buffer[:length]
     return int(status_line.split()[1]), headers, body
+
+
+def test_absolute_form_targets_are_routed_by_their_path(proxy, standin):
+    sock = connect(proxy)
+    buffer = bytearray()
+    sock.sendall(post(target=b"http://proxy/v1/chat/completions"))
+    status, _, body = read_response(sock, buffer)
+    assert status == 200 and json.loads(body)["object"] == "chat.completion"
+    sock.sendall(b"GET http://proxy/v1/models?x=1 HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    status, _, body = read_response(sock, buffer)
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "m"
+    assert standin.requests == 1
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
