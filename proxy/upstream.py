@@ -230,8 +230,10 @@ class Upstream:
         _Failed for an answer that sends the request to the next backend."""
         if response.status in RETRYABLE_STATUS:
             raise _Failed("upstream_5xx", f"answered HTTP {response.status}")
+        if response.header(b"content-type").startswith(b"text/event-stream"):
+            return False  # relayed chunk by chunk, even when it all came at once
         body = response.whole()
-        if body is None or response.header(b"content-type").startswith(b"text/event-stream"):
+        if body is None:
             return False
         self._respond(
             request, backend, response, client, body, time.perf_counter() - request.started

@@ -279,6 +279,18 @@ def test_warm_client_giving_up_closes_upstream_request(standin, start_proxy):
     warm_up(proxy)  # and the proxy goes on answering
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_stream_that_comes_in_one_piece_is_relayed_whole(standin, start_proxy, warm):
+    proxy = start_proxy(routes_for("m", standin.url))
+    if warm:
+        warm_up(proxy)
+    body = chat(stream=True, standin_chunks=3, standin_in_one_piece=True)
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.read().decode())
+    assert events[-1] == "[DONE]" and len(events) == 4
+
+
 def test_warm_stream_is_relayed_whole(standin, start_proxy):
     proxy = start_proxy(routes_for("m", standin.url))
     warm_up(proxy)

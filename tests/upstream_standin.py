@@ -150,6 +150,9 @@ class StandIn:
             )
         chunks = int(body.get("standin_chunks", self.chunks))
         delay = float(body.get("standin_delay", self.delay))
+        if body.get("standin_in_one_piece"):  # the whole stream in one write, with a length
+            events = b"".join(sse_chunk(body["model"], index) for index in range(chunks))
+            return web.Response(body=events + b"data: [DONE]\n\n", content_type="text/event-stream")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         self.stream_started.set()
