@@ -19,8 +19,9 @@ in batches (nginx: ``access_log ... buffer=64k flush=1s``; ours: its access log)
 The targets take turns (each repeat runs every target once), so a drift in the machine's speed
 (these VMs share their cores) hits all of them alike; the median of ``--repeat`` runs is shown.
 
-Everything listens on 127.0.0.1 and stops by itself. The line before last is the ratio against
-nginx-default; the last line is the summary, against nginx-tuned (the harder comparison):
+Everything listens on 127.0.0.1 and stops by itself. Then come the ratio against nginx-default,
+the ratio against nginx-tuned turn by turn (each pair of runs met the same machine speed), and
+last the summary, against nginx-tuned (the harder comparison) as a ratio of the medians:
 ``proxy: X req/s = R% of nginx, N× LiteLLM; +P ms p50 at c=1; C coalesced chunks``
 """
 
@@ -423,9 +424,11 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         f" access log: {logging}; wrk -t1, {args.seconds:g} s x {args.repeat} in turns (median)"
     )
     print(f"{'target':<14} {'c':>3} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  runs req/s")
+    turns: dict[int, dict[str, list[Load]]] = {}  # every run, by concurrency and target
     results: dict[tuple[str, int], Load] = {}
     for connections in (1, 16):
         runs: dict[str, list[Load]] = {name: [] for name in targets}
+        turns[connections] = runs
         for name, url in targets.items():
             wrk(url, connections, 1, scripts[name])  # warm up
         for turn in range(args.repeat):
@@ -490,6 +493,19 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         versus = "n/a× LiteLLM (not measured)"
     coalesced = streams["proxy"].coalesced if "proxy" in streams else "n/a"
     # The summary's nginx is nginx-tuned (upstream keepalive): the harder, honest comparison.
+    if "nginx-tuned" in targets and args.repeat > 1:
+        # runs next to each other in time, so each pair met the same machine speed
+        pairs = [
+            ours_run.rps / tuned_run.rps
+            for ours_run, tuned_run in zip(
+                turns[16]["proxy"], turns[16]["nginx-tuned"], strict=True
+            )
+        ]
+        print(
+            "proxy / nginx-tuned at c=16, turn by turn: "
+            + " ".join(f"{100 * ratio:.0f}%" for ratio in pairs)
+            + f" (median {100 * statistics.median(pairs):.0f}%)"
+        )
     if "nginx-tuned" in targets:
         tuned16 = results["nginx-tuned", 16]
         share = f"{100 * ours.rps / tuned16.rps:.0f}% of nginx"
