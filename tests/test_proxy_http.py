@@ -1,5 +1,6 @@
 """The proxy's own HTTP/1.1 server side, spoken to over raw sockets: keep-alive, pipelining,
-HTTP/1.0, Expect: 100-continue, chunked uploads, malformed requests and a graceful stop.
+HTTP/1.0, Expect: 100-continue, chunked uploads, malformed requests, absolute-form targets, write
+back-pressure on a stream and a graceful stop.
 The upstream is a stand-in (a real HTTP server on 127.0.0.1)."""
 
 from __future__ import annotations
@@ -220,3 +221,44 @@ def test_http_10_stream_ends_with_the_connection(proxy):
     assert b"transfer-encoding" not in head.lower()
     assert text.count(b"data: ") == 6 and text.rstrip().endswith(b"data: [DONE]")
     sock.close()
+
+
+def dechunk(data: bytes) -> bytes:
+    """The body of a response sent with ``Transfer-Encoding: chunked``."""
+    body, at = bytearray(), 0
+    while True:
+        line_end = data.index(b"\r\n", at)
+        size = int(data[at:line_end], 16)
+        if size == 0:
+            return bytes(body)
+        body += data[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
+
+
+def test_a_client_that_does_not_read_slows_the_backend_down(proxy, standin):
+    # 640 chunks of 64 KiB (42 MB); the client reads none of it for a second. The kernel's and
+    # the proxy's buffers hold a few MB, so the stand-in's writes must wait for the client
+    # instead of the proxy taking the whole stream into its memory.
+    body = json.dumps(
+        {"model": "m", "stream": True, "standin_chunks": 640, "standin_padding": 65536}
+    ).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # no room on the client's side
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", proxy.port))
+    sock.sendall(post(body))
+    time.sleep(1.0)
+    held_back = standin.chunks_sent
+    assert held_back < 320, f"the backend wrote {held_back} of 640 chunks to a client not reading"
+    received = bytearray()
+    while not received.endswith(b"\r\n0\r\n\r\n"):
+        data = sock.recv(1 << 20)
+        assert data, "the stream ended early"
+        received += data
+    sock.close()
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    events = [e for e in dechunk(chunked).split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    texts = [json.loads(e[len(b"data: ") :])["choices"][0]["delta"]["content"] for e in events[:-1]]
+    assert [text.split(" ")[0] for text in texts] == [f"tok{i}" for i in range(640)]

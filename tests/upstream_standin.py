@@ -55,6 +55,7 @@ class StandIn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests = 0  # completions/embeddings requests received
+        self.chunks_sent = 0  # stream chunks written (each write waits while the reader lags)
         self.bodies: list[dict[str, Any]] = []
         self.checked: list[str] = []  # the paths of the health checks it answered
         self.client_closed = threading.Event()  # a stream's reader went away before its end
@@ -150,6 +151,7 @@ class StandIn:
             )
         chunks = int(body.get("standin_chunks", self.chunks))
         delay = float(body.get("standin_delay", self.delay))
+        padding = int(body.get("standin_padding", 0))  # bytes added to each chunk's text
         if body.get("standin_in_one_piece"):  # the whole stream in one write, with a length
             events = b"".join(sse_chunk(body["model"], index) for index in range(chunks))
             return web.Response(body=events + b"data: [DONE]\n\n", content_type="text/event-stream")
@@ -162,7 +164,8 @@ class StandIn:
                     assert request.transport is not None
                     request.transport.abort()  # the engine crashed
                     return response
-                await response.write(sse_chunk(body["model"], index))
+                await response.write(sse_chunk(body["model"], index, padding))
+                self.chunks_sent += 1
                 if delay:
                     await asyncio.sleep(delay)
             await response.write(b"data: [DONE]\n\n")
@@ -179,12 +182,13 @@ class StandIn:
         self.client_closed.set()
 
 
-def sse_chunk(model: str, index: int) -> bytes:
+def sse_chunk(model: str, index: int, padding: int = 0) -> bytes:
+    text = f"tok{index} " + "x" * padding
     chunk = {
         "id": "standin-1",
         "object": "chat.completion.chunk",
         "model": model,
-        "choices": [{"index": 0, "delta": {"content": f"tok{index} "}, "finish_reason": None}],
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
     }
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
