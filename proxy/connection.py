@@ -389,6 +389,8 @@ class Connection(asyncio.Protocol):
             self.idle_since = time.monotonic()
 
     def _ran(self, request: Request | None, task: asyncio.Task[None]) -> None:
+        """The task that answered ``request`` is over: a bug if it raised or left the request
+        without an answer."""
         error = None if task.cancelled() else task.exception()
         if error is not None:
             url = request.url.decode("latin-1") if request else ""
