@@ -46,7 +46,7 @@ def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {phrase}\r\n".encode()
 
 
-STATUS_LINES = {status: _status_line(status) for status in HTTPStatus}
+STATUS_LINES: dict[int, bytes] = {int(status): _status_line(status) for status in HTTPStatus}
 
 
 class Request:

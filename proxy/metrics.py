@@ -42,7 +42,8 @@ class _Histogram:
         self.sum += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        cumulative, total = [], 0
+        cumulative: list[tuple[str, float]] = []
+        total = 0
         for bound, count in zip(BOUNDS, self.counts, strict=True):
             total += count
             cumulative.append((bound, total))
