@@ -12,6 +12,7 @@ The file is YAML, written by toolkit or by hand::
     keys_file: /etc/toolkit/api-keys
     max_body_bytes: 16777216      # optional
     health_interval: 5            # optional, seconds between active health checks
+    keepalive_timeout: 75         # optional, seconds an idle client connection is kept open
 
 Every mistake is reported as ``RoutesError("file:line: message")``, using PyYAML's node marks.
 This module needs only PyYAML and the standard library: it is parsed once per (re)load, never on
@@ -29,6 +30,7 @@ import yaml
 RUNTIMES = ("llamacpp", "ollama", "llamaedge", "openai")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_HEALTH_INTERVAL = 5.0
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # nginx's default
 
 
 class RoutesError(Exception):
@@ -71,6 +73,7 @@ class Routes:
     keys_file: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     health_interval: float = DEFAULT_HEALTH_INTERVAL
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
 
     def lookup(self) -> dict[str, ModelRoute]:
         """Every name a client may send (model names and aliases) -> its route."""
@@ -163,7 +166,9 @@ class _Reader:
 
     def routes(self, root: yaml.Node) -> Routes:
         top = self.mapping(
-            root, "the routes file", ("models", "keys_file", "max_body_bytes", "health_interval")
+            root,
+            "the routes file",
+            ("models", "keys_file", "max_body_bytes", "health_interval", "keepalive_timeout"),
         )
         if "models" not in top:
             raise self.error(root, "the routes file needs a 'models' mapping")
@@ -191,6 +196,9 @@ class _Reader:
         if "health_interval" in top:
             interval = float(self.number(top["health_interval"], "health_interval"))
             routes = replace(routes, health_interval=interval)
+        if "keepalive_timeout" in top:
+            keepalive = float(self.number(top["keepalive_timeout"], "keepalive_timeout"))
+            routes = replace(routes, keepalive_timeout=keepalive)
         return routes
 
     def model(self, name: str, node: yaml.Node) -> ModelRoute:

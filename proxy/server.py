@@ -23,8 +23,7 @@ from .connection import Connection, Listener
 from .sockets import listening
 from .table import load_table
 
-KEEPALIVE_SECONDS = 75.0  # an idle client connection is closed after this (nginx's default)
-SWEEP_SECONDS = 5.0
+SWEEP_SECONDS = 5.0  # idle connections are looked for this often (or at half their timeout)
 GRACE_SECONDS = 30.0
 
 
@@ -121,7 +120,7 @@ async def _serve(proxy: Proxy, sock: socket.socket) -> None:
     listener = Listener(proxy.handle, proxy.body_limit)
     async with proxy.running():
         server = await loop.create_server(lambda: Connection(listener), sock=sock)
-        sweeper = loop.create_task(_close_idle(listener))
+        sweeper = loop.create_task(_close_idle(listener, proxy))
         try:
             await stop
         finally:
@@ -131,10 +130,12 @@ async def _serve(proxy: Proxy, sock: socket.socket) -> None:
             await _drain(listener)
 
 
-async def _close_idle(listener: Listener) -> None:
+async def _close_idle(listener: Listener, proxy: Proxy) -> None:
+    """Close client connections idle for the routes file's ``keepalive_timeout``."""
     while True:
-        await asyncio.sleep(SWEEP_SECONDS)
-        listener.close_idle(KEEPALIVE_SECONDS)
+        timeout = proxy.table.routes.keepalive_timeout
+        await asyncio.sleep(min(SWEEP_SECONDS, timeout / 2))
+        listener.close_idle(timeout)
 
 
 async def _drain(listener: Listener) -> None:

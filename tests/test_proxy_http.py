@@ -66,6 +66,25 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[byt
     return int(status_line.split()[1]), headers, body
 
 
+def test_idle_connections_are_closed_after_the_keepalive_timeout(standin, tmp_path):
+    routes = {**routes_for("m", standin.url), "keepalive_timeout": 0.5}
+    process = ProxyProcess(routes, tmp_path)
+    try:
+        idle, busy = connect(process), connect(process)
+        idle_buffer, busy_buffer = bytearray(), bytearray()
+        idle.sendall(post())
+        assert read_response(idle, idle_buffer)[0] == 200
+        for _ in range(8):  # 1.6 s of a request every 0.2 s: never idle for 0.5 s
+            busy.sendall(post())
+            assert read_response(busy, busy_buffer)[0] == 200
+            time.sleep(0.2)
+        assert closed_by_peer(idle)  # idle since its answer: closed by now
+        busy.sendall(post())
+        assert read_response(busy, busy_buffer)[0] == 200
+    finally:
+        process.stop()
+
+
 def test_absolute_form_targets_are_routed_by_their_path(proxy, standin):
     sock = connect(proxy)
     buffer = bytearray()
