@@ -158,10 +158,17 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen] = []
 
-    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None):
+    def start(
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO
+    ):
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,  # ``python -m proxy`` finds the proxy of this checkout, wherever run from
+                start_new_session=True,
             )
         self.started.append(process)
         return process
