@@ -152,6 +152,15 @@ def wait_ok(url: str, deadline: float = 120.0, headers: dict[str, str] | None = 
     raise TimeoutError(url)
 
 
+def missing(tools: tuple[str, ...], packages: str) -> bool:
+    """Whether one of ``tools`` is not installed; says which, and the apt-get that brings it."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is needed: apt-get install {packages}", file=sys.stderr)
+            return True
+    return False
+
+
 class Processes:
     """Processes this benchmark started; stopped by pid (and group) at the end."""
 
@@ -341,10 +350,8 @@ def main() -> int:
     unknown = set(args.targets) - set(ALL_TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} is needed: apt-get install nginx wrk", file=sys.stderr)
-            return 2
+    if missing(("nginx", "wrk"), "nginx wrk"):
+        return 2
     processes = Processes()
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
         try:

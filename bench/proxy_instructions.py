@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from bench.proxy import (  # noqa: E402  (the repo is on the path)
     REQUEST,
     Processes,
     free_port,
+    missing,
 )
 
 POST = (
@@ -115,10 +115,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args()
-    for tool in ("valgrind", "callgrind_control", "nginx"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} is needed: apt-get install valgrind nginx", file=sys.stderr)
-            return 2
+    if missing(("valgrind", "callgrind_control", "nginx"), "valgrind nginx"):
+        return 2
     processes = Processes()
     with tempfile.TemporaryDirectory(prefix="proxy-instructions-") as tmp:
         try:
