@@ -114,6 +114,11 @@ class Upstream:
             self.metrics.observe(routed, "", status, latency, None)
         self.access_log.write(path, model, "", status, latency, None, None, message)
 
+    def log_gone(self, request: ProxiedRequest) -> None:
+        """The access log's 499 for a client that went away before its answer."""
+        model = request.target.route.name
+        self.log_refused(request.path, model, model, 499, request.started, "client disconnected")
+
     async def _forward(
         self,
         request: ProxiedRequest,
@@ -131,9 +136,7 @@ class Upstream:
         except asyncio.CancelledError:
             if not client.disconnected:
                 raise
-            self.log_refused(
-                request.path, model, model, 499, request.started, "client disconnected"
-            )
+            self.log_gone(request)
 
     async def _try_each(
         self,
@@ -394,10 +397,7 @@ class _Exchange:
         if self.deadline.expired:
             self._go_on(_timeout(self.request))
         else:
-            route = self.request.target.route.name
-            self.upstream.log_refused(
-                self.request.path, route, route, 499, self.request.started, "client disconnected"
-            )
+            self.upstream.log_gone(self.request)
 
     def _end(self) -> None:
         self.choices[0].in_flight -= 1
