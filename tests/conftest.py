@@ -18,10 +18,29 @@ pytest_plugins = ["tests.upstream_standin"]  # its ``standin`` fixture, for ever
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now and never handed out before in this run: two services given
+    the same port would collide when the second starts."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port left that was not handed out already")
+
+
+def refusing_port() -> socket.socket:
+    """A socket bound to a loopback port and never listening: a connection there is refused,
+    and the kernel gives the port to nobody else while the socket is open (a free port merely
+    noted down can be taken by a server started later, and then the 'down' host answers)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def wait_http_ok(url: str, deadline_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:

@@ -30,7 +30,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, refusing_port
 from tests.sshbed import BedHost
 
 STANDIN = REPO / "tests" / "llama_standin.py"
@@ -103,7 +103,7 @@ class Fleet:
         self.model = root / "models" / "tiny.gguf"
         self.sha256 = write_model(self.model)
         self.entries = {h.name: host_entry(h) for h in hosts}
-        self.down_port = free_port()  # nothing listens there: a host that is down
+        self.down = refusing_port()  # held open for the fleet's life: a host that is down
         self.playbook = root / "fleet.yml"
         self.playbook.write_text(yaml.safe_dump(playbook(self.model, self.sha256)))
         self.inventory = root / "hosts.yml"
@@ -113,7 +113,7 @@ class Fleet:
                 down={
                     "downhost": {
                         "ansible_host": "127.0.0.1",
-                        "ansible_port": self.down_port,
+                        "ansible_port": self.down.getsockname()[1],
                         "ansible_user": hosts[0].user,
                         "ansible_ssh_private_key_file": str(hosts[0].key_file),
                         "proxy_port": free_port(),
@@ -241,6 +241,7 @@ def fleet(ssh_hosts, tmp_path_factory):
     try:
         yield ws
     finally:
+        ws.down.close()
         left = stop_and_scan(ws, ws.inventory, ws.playbook, {h.user for h in ssh_hosts}, [])
         for host in ssh_hosts:
             host.clean_home()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import refusing_port
 from tests.sshbed import BedHost, SSHBed
 from toolkit.hosts.connect import connect
 from toolkit.hosts.connection import HostUnreachable, LocalConnection, quote
@@ -35,12 +36,6 @@ def open_ssh(host: BedHost, **options) -> SSHConnection:
 
 def host_with_sudo(hosts: list[BedHost], kind: str) -> BedHost:
     return next(h for h in hosts if h.sudo == kind)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def keygen(path: Path) -> Path:
@@ -240,9 +235,10 @@ def test_get_of_a_missing_file_raises_and_leaves_nothing(ssh_hosts, tmp_path):
 
 def test_nothing_listening_is_unreachable(ssh_hosts):
     host = ssh_hosts[0]
-    conn = open_ssh(host, port=free_port(), connect_timeout=5)
-    with pytest.raises(HostUnreachable, match="refused") as caught:
-        conn.run("true")
+    with refusing_port() as down:
+        conn = open_ssh(host, port=down.getsockname()[1], connect_timeout=5)
+        with pytest.raises(HostUnreachable, match="refused") as caught:
+            conn.run("true")
     assert not isinstance(caught.value, HostKeyRejected)
     assert "\n" not in str(caught.value)
 
