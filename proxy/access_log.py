@@ -17,6 +17,9 @@ from typing import TextIO
 FLUSH_SECONDS = 0.1
 FLUSH_LINES = 512
 _TOKEN_COUNT = re.compile(rb"\s*:\s*(\d+)")  # what follows "total_tokens"
+# a line: ts, the strings (path, model, backend; JSON-encoded once), status, latency, then
+_USUAL = '{"ts":%.3f%s%d,"latency_ms":%.2f,"ttfb_ms":%.2f,"tokens":%d}'  # ttfb, tokens
+_ANY = '{"ts":%.3f%s%d,"latency_ms":%.2f,"ttfb_ms":%s,"tokens":%s%s}'  # either may be null
 
 
 def tokens_in(body: bytes) -> int | None:
@@ -51,7 +54,7 @@ class AccessLog:
             return
         # formatted by hand (same JSON, same key order as json.dumps of a dict): json.dumps per
         # request was ~3% of the proxy's CPU; the strings are encoded once per combination, the
-        # numbers with format specs (half the cost of round() and repr())
+        # numbers by one %-format (half the cost of an f-string with format specs, measured)
         key = (path, model, backend)
         middle = self._middles.get(key)
         if middle is None:
@@ -61,12 +64,19 @@ class AccessLog:
                 f',"path":{json.dumps(path)},"model":{json.dumps(model)},'
                 f'"backend":{json.dumps(backend)},"status":'
             )
-        line = (
-            f'{{"ts":{time.time():.3f}{middle}{status},"latency_ms":{latency * 1000:.2f},'
-            f'"ttfb_ms":{"null" if ttfb is None else f"{ttfb * 1000:.2f}"},'
-            f'"tokens":{"null" if tokens is None else tokens}'
-        )
-        self._lines.append(f'{line},"error":{json.dumps(error)}}}' if error else line + "}")
+        if ttfb is not None and tokens is not None and not error:
+            line = _USUAL % (time.time(), middle, status, latency * 1000, ttfb * 1000, tokens)
+        else:
+            line = _ANY % (
+                time.time(),
+                middle,
+                status,
+                latency * 1000,
+                "null" if ttfb is None else "%.2f" % (ttfb * 1000),
+                "null" if tokens is None else tokens,
+                f',"error":{json.dumps(error)}' if error else "",
+            )
+        self._lines.append(line)
         if len(self._lines) >= FLUSH_LINES:
             self.flush()
         elif not self._scheduled:

@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,7 +36,8 @@ from .upstream import ProxiedRequest, Upstream
 
 logger = logging.getLogger("proxy")
 
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode, _raw_decode = _decoder.decode, _decoder.raw_decode
 PROXIED_PATHS = frozenset(
     (b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings", b"/v1/responses")
 )
@@ -127,7 +129,7 @@ def _parse(path: str, table: RouteTable, body: bytes, started: float) -> Proxied
     if not body:
         raise ProxyError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
-        payload = _decode(body.decode())  # UTF-8, as OpenAI's API says; 2.5x faster than loads
+        payload = _load_json(body.decode())  # UTF-8, as OpenAI's API says
     except ValueError as exc:
         raise ProxyError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
@@ -159,6 +161,19 @@ def _parse(path: str, table: RouteTable, body: bytes, started: float) -> Proxied
                 param="messages" if "messages" in payload else "input",
             )
     return ProxiedRequest(path, target, payload, raw, started)
+
+
+def _load_json(text: str) -> Any:
+    """``json.loads``, faster for the usual body (no whitespace around the value): that skips
+    ``decode``'s two regex scans for whitespace, ~0.5 us a request. Anything else is left to
+    ``decode``, for its answer and its error messages."""
+    try:
+        value, end = _raw_decode(text)
+    except ValueError:
+        return _decode(text)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        return _decode(text)  # raises: extra data after the value
+    return value
 
 
 def _not_found(model: str, table: RouteTable) -> ProxyError:
