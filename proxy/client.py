@@ -106,13 +106,15 @@ class Response:
         self._size += len(chunk)
         if self._size >= HIGH_WATER:
             self._connection.pause()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _end(self, error: BaseException | None = None) -> None:
         if error is not None and not self._done:
             self._error = error
         self._done = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -208,7 +210,8 @@ class _Connection(asyncio.Protocol):
         self.response = None
         self.ready = None
         if complete and self.reusable and not self.closed:
-            self.resume()
+            if self._paused:
+                self.resume()
             self.idle_since = time.monotonic()
             self.pool.release(self)
         else:
@@ -310,9 +313,11 @@ class Pool:
         while self._idle:
             self._idle.pop().close()
 
-    def idle_connection(self) -> _Connection | None:
-        """A keep-alive connection that is open and has not idled too long, if there is one."""
-        now = time.monotonic()
+    def idle_connection(self, now: float | None = None) -> _Connection | None:
+        """A keep-alive connection that is open and has not idled too long, if there is one.
+        ``now``: ``time.monotonic()``, when the caller has read it already."""
+        if now is None:
+            now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:

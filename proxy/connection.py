@@ -193,14 +193,8 @@ class Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    # httptools callbacks, for the request being read
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._body = []
-        self._size = 0
-        self._too_large = None
-
+    # httptools callbacks, for the request being read (its state starts empty, and is emptied
+    # again once it is read whole: no on_message_begin, one callback less per request)
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._size += len(url)
@@ -259,7 +253,11 @@ class Connection(asyncio.Protocol):
         if self._too_large is not None:
             request.too_large = self._too_large
             request.keep_alive = False
+            self._too_large = None
+        self._url = b""
+        self._headers = []
         self._body = []
+        self._size = 0
         self._queue.append(request)
         if len(self._queue) >= MAX_PIPELINED and not self._reading_paused:
             self._reading_paused = True
