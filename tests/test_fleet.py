@@ -61,7 +61,7 @@ def playbook(model: Path, sha256: str, engine: Path = STANDIN, hosts: str = "all
                     "args": {"ctx_size": "{{ ctx | default(2048) }}", "parallel": 2, **args},
                 }
             ],
-            "proxy": {"port": "{{ proxy_port }}"},
+            "proxy": {"port": "{{ proxy_port }}", "workers": "{{ proxy_workers | default(1) }}"},
         }
     ]
 
@@ -102,7 +102,11 @@ class Fleet:
         self.hosts = hosts
         self.model = root / "models" / "tiny.gguf"
         self.sha256 = write_model(self.model)
-        self.entries = {h.name: host_entry(h) for h in hosts}
+        # the first host's proxy runs as two workers (the playbook's proxy.workers, per host)
+        self.entries = {
+            h.name: host_entry(h, **({"proxy_workers": 2} if h is hosts[0] else {}))
+            for h in hosts
+        }
         self.down = refusing_port()  # held open for the fleet's life: a host that is down
         self.playbook = root / "fleet.yml"
         self.playbook.write_text(yaml.safe_dump(playbook(self.model, self.sha256)))
@@ -284,6 +288,15 @@ def test_each_host_serves_its_own_endpoint(fleet):
         placed = data / f"models/sha256-{fleet.sha256}.gguf"
         assert placed.read_bytes() == fleet.model.read_bytes()
         assert placed.stat().st_uid == (host.home.stat().st_uid)
+
+
+def test_each_proxy_runs_the_workers_its_play_asks_for(fleet):
+    for host in fleet.hosts:
+        workers = fleet.entries[host.name].get("proxy_workers", 1)
+        proxies = [cmd for _, cmd in processes_of({host.user}, []) if " -m proxy " in cmd]
+        assert all(cmd.endswith(f" --workers {workers} ") for cmd in proxies), proxies
+        # one process serves alone; several workers have a parent that only supervises them
+        assert len(proxies) == (1 if workers == 1 else workers + 1), proxies
 
 
 def test_second_apply_changes_nothing_in_one_round_trip_per_host(fleet):

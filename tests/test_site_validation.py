@@ -51,6 +51,10 @@ CASES = {
     ),
     "port is a boolean": ("- hosts: all\n  proxy: {port: true}\n", "2:17", "must be an integer"),
     "port out of range": ("- hosts: all\n  proxy: {port: 70000}\n", "2:17", "between 1 and 65535"),
+    "no proxy workers": ("- hosts: all\n  proxy: {workers: 0}\n", "2:20", "workers must be at least 1"),
+    "proxy workers a word": (
+        "- hosts: all\n  proxy: {workers: two}\n", "2:20", '"workers" in proxy must be an integer',
+    ),
     "runtime not in play": (
         "- hosts: all\n  models:\n" + GOOD_MODEL,
         "4:18", 'uses runtime "llamacpp", which this play does not list',

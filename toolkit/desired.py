@@ -150,6 +150,8 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
                     play.proxy.host,
                     "--port",
                     str(play.proxy.port),
+                    "--workers",
+                    str(play.proxy.workers),
                 ],  # fmt: skip
                 workdir=f"{data}/app",
                 env={"PYTHONPATH": f"{data}/app", "PYTHONUNBUFFERED": "1"},

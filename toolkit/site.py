@@ -76,6 +76,7 @@ class ProxySpec:
     port: int = 8080
     host: str = "127.0.0.1"
     keys_file: str | None = None
+    workers: int = 1  # processes serving the port (python -m proxy --workers)
 
 
 @dataclass
@@ -299,12 +300,23 @@ LLAMACPP_ARGS = {
     "embedding": Key((bool,)),
     "extra": Key((list,)),
 }
-PROXY_KEYS = {"port": Key((int,)), "host": Key((str,)), "keys_file": Key((str,))}
+PROXY_KEYS = {
+    "port": Key((int,)),
+    "host": Key((str,)),
+    "keys_file": Key((str,)),
+    "workers": Key((int,)),
+}
 
 
 def _port(value: int, at: Pos, what: str) -> int:
     if not 1 <= value <= 65535:
         raise at.error(f"{what} must be a port between 1 and 65535, got {value}")
+    return value
+
+
+def _workers(value: int, at: Pos) -> int:
+    if value < 1:
+        raise at.error(f"proxy workers must be at least 1, got {value}")
     return value
 
 
@@ -413,6 +425,7 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
             port=_port(pconf.get("port", 8080), pconf.vpos_of("port"), "proxy port"),
             host=pconf.get("host", "127.0.0.1"),
             keys_file=pconf.get("keys_file"),
+            workers=_workers(pconf.get("workers", 1), pconf.vpos_of("workers")),
         )
     if models and proxy is not None:
         used = {proxy.port: "the proxy"}
