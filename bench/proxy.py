@@ -12,7 +12,8 @@ chunks arrive one by one (coalesced = sent - separate reads on the client).
 Two nginx reverse proxies are measured: ``nginx-default`` (plain ``proxy_pass``: HTTP/1.0 and a
 new upstream connection per request) and ``nginx-tuned`` (HTTP/1.1 with an upstream keepalive
 pool). Both run ``--nginx-workers`` worker processes (default: as many as the proxy's
-``--workers``). Both proxies do the same logging work: one JSON access line per request, written
+``--workers``, which defaults to the number of cores, as nginx's ``worker_processes auto``; with
+``--workers 1`` each proxy has one process). Both proxies do the same logging work: one JSON access line per request, written
 in batches (nginx: ``access_log ... buffer=64k flush=1s``; ours: its access log), or neither with
 ``--no-access-log``.
 
@@ -91,7 +92,7 @@ http {
 }
 """
 
-# Two nginx reverse proxies, both one worker each (unless --nginx-workers), logging as ours does:
+# Two nginx reverse proxies, as many workers as ours (unless --nginx-workers), logging as ours:
 # "nginx-default" is proxy_pass as it comes: HTTP/1.0 to the upstream, a new connection per
 # request. "nginx-tuned" keeps upstream connections alive (HTTP/1.1, keepalive pool), as anyone
 # tuning nginx for throughput would; it is the harder and honest baseline.
@@ -321,7 +322,12 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="wrk runs per target; the median is reported"
     )
-    parser.add_argument("--workers", type=int, default=1, help="the proxy's worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the proxy's worker processes (default: one per core)",
+    )
     parser.add_argument(
         "--nginx-workers", type=int, help="nginx proxies' worker_processes (default: --workers)"
     )

@@ -10,7 +10,8 @@ The proxy runs under callgrind in front of the static nginx upstream of ``bench/
 ``--connections`` clients send ``--warmup`` requests, the counters are zeroed, they send
 ``--requests`` more, and the counters are dumped: the count covers those requests alone, with
 everything the proxy does for them (access log, metrics and health checks included). Five runs
-of one version agreed within 0.3%; the proxy before its callback path counted 156k, after it 149k.
+of one version agreed within 0.3%; the proxy before its callback path counted 156k, after it 149k,
+139k after the cuts that followed (one %-format per access line, and others).
 
     python bench/proxy_instructions.py [--requests 3200] [--connections 16] [--no-access-log]
 """
