@@ -8,8 +8,9 @@ import sys
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m proxy") -> int:
-    # a reload (SIGHUP) sent while the proxy starts waits until the proxy can do it, instead of
-    # ending the process: blocked before the imports, which take most of the start-up
+    # a reload (SIGHUP) sent while the proxy starts waits until the proxy can do it
+    # (``Proxy.running`` unblocks it), instead of ending the process: blocked before the
+    # imports, which take most of the start-up; forked workers inherit the block
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     from .routes import RoutesError
     from .server import UnsafeBind, serve

@@ -83,7 +83,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.watcher.reload)
-        # serve() blocked SIGHUP until now: one sent during start-up is delivered here, instead
+        # ``python -m proxy`` blocked SIGHUP until now: one sent during start-up is delivered here, instead
         # of ending the process (its default action)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         try:

@@ -61,9 +61,6 @@ class Response:
         self._done = False
         self._error: BaseException | None = None
 
-    def header(self, name: bytes, default: bytes = b"") -> bytes:
-        return self.headers.get(name, default)
-
     async def next_chunk(self) -> bytes:
         """The next piece of the body as it arrived; b"" at the end."""
         while not self._chunks:

@@ -73,9 +73,6 @@ def serve(
     ``workers`` > 1 the proxy runs as that many processes (see ``workers.py``)."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    # a reload asked for while starting waits until the proxy can do it (``Proxy.running``);
-    # forked workers inherit the block
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     require_keys = not is_loopback(host) and not allow_unauthenticated
     check_bind(routes_path, host, require_keys)
     configure_logging()

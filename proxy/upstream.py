@@ -220,7 +220,7 @@ class Upstream:
         """Relay a response whose headers are in: whole, streamed, or read to its end first."""
         if self.answer(request, backend, response, client):
             return
-        if response.header(b"content-type").startswith(b"text/event-stream"):
+        if response.headers.get(b"content-type", b"").startswith(b"text/event-stream"):
             await self._relay_stream(request, backend, response, deadline, client)
             return
         ttfb = time.perf_counter() - request.started
