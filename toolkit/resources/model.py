@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from toolkit.hosts.connection import LocalConnection, quote
+from toolkit.hosts.connection import quote
 from toolkit.models.sources import fetch
 from toolkit.models.store import ModelStore, hash_file
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
-from toolkit.site import ModelSpec
+from toolkit.resources.placement import place_blob
+
+if TYPE_CHECKING:
+    from toolkit.site import ModelSpec
 
 
 def controller_store() -> ModelStore:
@@ -85,18 +89,7 @@ class ModelFile(Resource):
             progress=ctx.progress(f"fetch {self.model.name}"),
             hf_token=os.environ.get("HF_TOKEN"),
         )
-        if isinstance(ctx.conn, LocalConnection):
-            _link_or_copy(fetched.path, Path(path))
-            return
-        partial = f"{path}.partial"
-        ctx.conn.put(fetched.path, partial, 0o644)
-        ctx.sh(
-            f'if [ "$(tk_sha_big {quote(partial)})" = {quote(self.model.sha256)} ]; '
-            f"then mv -f {quote(partial)} {quote(path)}; "
-            f"else rm -f {quote(partial)}; echo 'sha256 differs after upload' >&2; exit 1; fi",
-            f"placing model {self.model.name}",
-            timeout=3600,
-        )
+        place_blob(ctx, fetched.path, self.model.sha256, path, f"model {self.model.name}")
 
     def _record(self, ctx: HostContext, path: str) -> None:
         ctx.sh(
@@ -104,17 +97,3 @@ class ModelFile(Resource):
             f"> {quote(path + '.toolkit')}",
             "recording the model's checksum",
         )
-
-
-def _link_or_copy(blob: Path, dest: Path) -> None:
-    """Hard-link the verified blob into place (same disk: no second copy), else copy it."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(blob, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(blob, tmp)
-    os.replace(tmp, dest)
