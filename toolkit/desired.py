@@ -17,6 +17,7 @@ from toolkit.inventory import Host
 from toolkit.resources.base import HostContext, Resource
 from toolkit.resources.files import File, Tree
 from toolkit.resources.model import ModelFile
+from toolkit.resources.packages import Packages, merged
 from toolkit.resources.runtime import Virtualenv
 from toolkit.resources.service import Services
 from toolkit.runtimes import RUNTIMES
@@ -25,7 +26,7 @@ from toolkit.services.definition import Service
 from toolkit.services.manager import ServiceManager
 from toolkit.services.supervisor import Supervisor
 from toolkit.services.systemd import Systemd
-from toolkit.services.termux import Termux
+from toolkit.services.termux import DEFAULT_PREFIX, Termux
 from toolkit.site import Play
 from toolkit.templates import render
 
@@ -34,7 +35,7 @@ HEALTH_CHECK_RELPATH = "bin/health_check.py"
 ROUTES_RELPATH = "proxy/routes.yml"
 
 
-def choose_manager(play: Play, facts: Facts) -> ServiceManager:
+def choose_manager(play: Play, facts: Facts, host: Host | None = None) -> ServiceManager:
     wanted = play.service_manager
     if wanted == "auto":
         if facts.termux:
@@ -46,7 +47,8 @@ def choose_manager(play: Play, facts: Facts) -> ServiceManager:
         else:
             wanted = "supervisor"
     if wanted == "termux":
-        return Termux()
+        wake_lock = bool(host and host.vars.get("termux_wake_lock"))
+        return Termux(facts.prefix or DEFAULT_PREFIX, wake_lock=wake_lock)
     if wanted == "systemd":
         return Systemd(system=facts.uid == 0 or not facts.systemd_user)
     if wanted == "systemd-user":
@@ -94,10 +96,14 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
             if path.suffix == ".py" or path.name == "requirements.txt"
         },
     )
+    manager = choose_manager(play, facts, host)
     # Models first: a wrong checksum or an unreachable source fails the host before any install.
     resources: list[Resource] = [*placed.values()]
+    if manager.package_manager and manager.packages:
+        resources.append(Packages(manager.package_manager, list(manager.packages)))
     for install in installs.values():
         resources += install.resources
+    resources = merged(resources)  # one install command per package manager
     resources += [Virtualenv(), copied(HEALTH_CHECK_RELPATH, HEALTH_CHECK)]
     for install in installs.values():
         resources += install.files
@@ -151,7 +157,6 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
             )
         )
 
-    manager = choose_manager(play, facts)
     definitions = manager.definitions(services, data, host.name)
     definition_files = [
         File(d.relpath, lambda ctx, d=d: render(d.template, **d.variables).encode(), d.mode)

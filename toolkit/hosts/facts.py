@@ -26,7 +26,10 @@ tk_fact user "$(id -un 2>/dev/null)"
 tk_fact uid "$(id -u 2>/dev/null)"
 tk_fact home "$HOME"
 tk_fact data_dir "$TK_DATA"
-if [ -n "$TERMUX_VERSION" ] || [ -d /data/data/com.termux/files/usr ]; then tk_fact termux 1; fi
+if [ -n "$TERMUX_VERSION" ] || [ -d /data/data/com.termux/files/usr ]; then
+  tk_fact termux 1
+  tk_fact prefix "${PREFIX:-/data/data/com.termux/files/usr}"
+fi
 if [ -d /run/systemd/system ]; then tk_fact systemd_system 1; fi
 if [ -n "$XDG_RUNTIME_DIR" ] && [ -S "$XDG_RUNTIME_DIR/systemd/private" ]; then
   tk_fact systemd_user 1
@@ -79,6 +82,7 @@ class Facts:
     home: str = ""
     data_dir: str = ""
     termux: bool = False
+    prefix: str = ""  # Termux's $PREFIX (its /usr)
     systemd_system: bool = False
     systemd_user: bool = False
     cpus: int = 0

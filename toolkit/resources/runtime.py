@@ -41,6 +41,9 @@ class Virtualenv(Resource):
 
     def apply(self, change: Change, ctx: HostContext) -> None:
         python = ctx.facts.python3
+        if not python and ctx.facts.termux:
+            # installed in this run by pkg (Packages comes before the virtualenv)
+            python = f"{ctx.facts.prefix}/bin/python3"
         if not python:
             raise ToolkitError(
                 "python3 not found on the host; install it (Debian: apt-get install python3-venv, "

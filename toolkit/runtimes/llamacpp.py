@@ -1,11 +1,23 @@
 """llama.cpp: how it is installed on a host and how its server is started for a model.
 
-Strategies: ``present`` uses a ``llama-server`` already there (on PATH or at ``path:``); ``pip``
-puts the prebuilt ``xllamacpp`` wheel (llama.cpp's own server, compiled) into toolkit's
-virtualenv and starts it through ``xllamacpp_server.py``, which takes llama-server's flags.
-``auto`` picks ``present`` when a llama-server is found, else ``pip``.
+Strategies:
+- ``present``: a ``llama-server`` already there (on PATH or at ``path:``);
+- ``pip``: the prebuilt ``xllamacpp`` wheel (llama.cpp's own server, compiled; CPU, x86_64 and
+  aarch64 Linux) in toolkit's virtualenv, started through ``xllamacpp_server.py``, which takes
+  llama-server's flags;
+- ``package``: the host's own package (Termux ``llama-cpp``, Debian/Ubuntu, Homebrew), see
+  ``llamacpp_package.py``;
+- ``release``: llama.cpp's official archive for the host (``version:``, ``sha256:``,
+  ``mirror:``), see ``llamacpp_release.py``;
+- ``source``: a cmake build of the pinned source archive with flags from the facts (CUDA,
+  Vulkan, Metal, portable CPU), see ``llamacpp_build.py``.
+``auto`` picks, in order: present; package on Termux; pip on x86_64/aarch64 Linux without a
+GPU; source on a GPU host whose playbook pins a version; a package where the distribution has
+one; pip. The facts line says which and why.
 
 One ``llama-server`` per model, on its own port; health on ``/health`` (503 while loading).
+On a phone (Termux) the engine gets the phone's core count as threads and a small context unless
+the playbook sets them.
 """
 
 from __future__ import annotations
@@ -15,8 +27,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit.errors import ToolkitError
+from toolkit.resources.archive import Archive, Release
 from toolkit.resources.files import File
+from toolkit.resources.packages import Packages
 from toolkit.runtimes.base import Install, Ports, Runtime, Served
+from toolkit.runtimes.llamacpp_build import BUILD_DEPS, SourceBuild, build_plan, missing_build_tools
+from toolkit.runtimes.llamacpp_package import system_package
+from toolkit.runtimes.llamacpp_release import (
+    asset_name,
+    build_number,
+    platform,
+    release_url,
+    sha256_for,
+    source_url,
+)
 from toolkit.schema import Key
 from toolkit.services.definition import Service
 
@@ -30,6 +54,9 @@ SHIM = Path(__file__).with_name("xllamacpp_server.py")
 SHIM_RELPATH = "bin/xllamacpp_server.py"
 HEALTH_PATH = "/health"  # 503 while loading, 200 when ready
 SERVER = "llama-server"
+PIP_ARCHES = ("x86_64", "amd64", "aarch64", "arm64")  # where the xllamacpp wheel exists (Linux)
+PHONE_CTX_SIZE = 2048  # a phone's memory: llama.cpp's default is the model's whole context
+BUILD_TOOLS = ("nvcc", "glslc", "cmake", "c++", "g++", "clang++")  # what source builds look for
 
 
 def engine_service_name(model: ModelSpec) -> str:
@@ -40,8 +67,15 @@ class LlamaCpp(Runtime):
     name = "llamacpp"
     label = "llama.cpp"
     strategies = ("auto", "present", "pip", "package", "release", "source")
-    implemented = ("auto", "present", "pip")
-    keys = {"path": Key((str,))}
+    keys = {
+        "path": Key((str,)),  # present: this llama-server
+        "version": Key((str, int)),  # release/source: the build number, b8770
+        "sha256": Key((str, dict)),  # release/source: one digest, or asset name -> digest
+        "mirror": Key((str,)),  # release/source: base URL instead of GitHub's
+        "build_deps": Key(
+            (str,), choices=("install", "fail")
+        ),  # source: install cmake & a compiler?
+    }
     args = {
         "ctx_size": Key((int,)),
         "parallel": Key((int,)),
@@ -53,7 +87,7 @@ class LlamaCpp(Runtime):
         "pooling": Key((str,), choices=("none", "mean", "cls", "last", "rank")),
         "extra": Key((list,)),
     }
-    binaries = (SERVER,)
+    binaries = (SERVER, *BUILD_TOOLS)
     # smallest value of each numeric arg (ctx_size 0: the model's own trained context)
     minimums = {"ctx_size": 0, "parallel": 1, "threads": 1, "n_gpu_layers": -1}
 
@@ -66,26 +100,116 @@ class LlamaCpp(Runtime):
                 )
 
     def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
-        found = spec.conf.get("path") or facts.binaries.get(SERVER)
-        if spec.install == "present" or (spec.install == "auto" and found):
+        conf = spec.conf
+        found = conf.get("path") or facts.binaries.get(SERVER)
+        package, no_package = system_package(facts)
+        install = self._strategy(spec.install, facts, found, package, conf)
+        if install is None:
+            raise ToolkitError(
+                f"llama.cpp: no install strategy fits this host ({host_line(facts)}); "
+                f"{would_work(facts, found)}"
+            )
+        if facts.termux:
+            install.details["defaults"] = {"threads": facts.cpus or 4, "ctx_size": PHONE_CTX_SIZE}
+        return install
+
+    def _strategy(self, wanted, facts, found, package, conf) -> Install | None:
+        data_dir = facts.data_dir
+        if wanted == "present" or (wanted == "auto" and found and not _is(package, found)):
             if not found:
                 raise ToolkitError(
                     "llama.cpp install: present, but no llama-server on PATH; set "
                     "runtimes.llamacpp.path or use install: pip"
                 )
-            where = "at path:" if spec.conf.get("path") else "on PATH"
+            where = "at path:" if conf.get("path") else "on PATH"
             return Install("present", f"llama-server {where} {found}", details={"server": [found]})
-        if spec.install in ("pip", "auto"):
-            why = "no llama-server found" if spec.install == "auto" else "asked for"
-            shim = File(SHIM_RELPATH, lambda ctx: SHIM.read_bytes())
+        if wanted == "package" or (
+            wanted == "auto" and package and (facts.termux or _is(package, found))
+        ):
+            if package is None:
+                raise ToolkitError(
+                    f"llama.cpp install: package, but {system_package(facts)[1]} "
+                    f"({host_line(facts)}); {would_work(facts, found)}"
+                )
             return Install(
-                "pip",
-                f"xllamacpp wheel in toolkit's virtualenv ({why})",
-                pip=["xllamacpp"],
-                files=[shim],
-                details={"server": [f"{data_dir}/venv/bin/python", f"{data_dir}/{SHIM_RELPATH}"]},
+                "package",
+                package.reason + (" (installed)" if _is(package, found) else ""),
+                resources=[Packages(package.manager, [package.name])],
+                details={"server": [package.server]},
             )
-        raise ToolkitError(f"llama.cpp install strategy {spec.install!r} is not supported yet")
+        pip_fits = facts.os == "Linux" and not facts.termux and facts.arch in PIP_ARCHES
+        if wanted == "pip" or (wanted == "auto" and pip_fits and not facts.gpus):
+            why = "asked for" if wanted == "pip" else f"{facts.arch} Linux without a GPU"
+            return self._pip(data_dir, why)
+        if wanted == "release":
+            return self._release(facts, conf)
+        if wanted == "source" or (wanted == "auto" and facts.gpus and conf.get("version")):
+            return self._source(facts, conf)
+        if wanted == "auto" and package is not None:
+            return Install(
+                "package", package.reason, resources=[Packages(package.manager, [package.name])],
+                details={"server": [package.server]},
+            )  # fmt: skip
+        if wanted == "auto" and pip_fits:
+            return self._pip(
+                data_dir,
+                f"GPU ({facts.gpus[0]}) but no version: to build from source; the CPU wheel",
+            )
+        return None
+
+    def _pip(self, data_dir: str, why: str) -> Install:
+        shim = File(SHIM_RELPATH, lambda ctx: SHIM.read_bytes())
+        return Install(
+            "pip",
+            f"xllamacpp wheel in toolkit's virtualenv ({why})",
+            pip=["xllamacpp"],
+            files=[shim],
+            details={"server": [f"{data_dir}/venv/bin/python", f"{data_dir}/{SHIM_RELPATH}"]},
+        )
+
+    def _release(self, facts: Facts, conf: dict) -> Install:
+        build = build_number(_required(conf, "version", "release"))
+        name, why = platform(facts)
+        if name is None:
+            raise ToolkitError(
+                f"llama.cpp install: release, but {why} ({host_line(facts)}); "
+                f"{would_work(facts, None)}"
+            )
+        asset = asset_name(build, name)
+        url = release_url(conf.get("mirror"), build, asset)
+        dest = f"engines/llama.cpp/{asset.removesuffix('.tar.gz')}"
+        archive = Archive(
+            Release(url, sha256_for(conf.get("sha256"), asset),
+                    fix_hint="fix runtimes.llamacpp.version or mirror"),
+            dest, strip=1,
+        )  # fmt: skip
+        return Install(
+            "release",
+            f"{asset} ({why})",
+            resources=[archive],
+            details={"server": [f"{facts.data_dir}/{dest}/llama-server"]},
+        )
+
+    def _source(self, facts: Facts, conf: dict) -> Install:
+        build = build_number(_required(conf, "version", "source"))
+        url = source_url(conf.get("mirror"), build)
+        filename = url.rsplit("/", 1)[-1]
+        source = f"src/llama.cpp-{build}"
+        archive = Archive(
+            Release(url, sha256_for(conf.get("sha256"), filename),
+                    fix_hint="fix runtimes.llamacpp.version or mirror"),
+            source, strip=1,
+        )  # fmt: skip
+        resources = [archive, *build_tools(facts, conf.get("build_deps", "fail"))]
+        plan = build_plan(facts)
+        built = SourceBuild(build, source, plan, jobs=facts.cpus or 1)
+        resources.append(built)
+        return Install(
+            "source",
+            f"{build} built here: {plan.reason}",
+            resources=resources,
+            details={"server": [f"{facts.data_dir}/{built.server}"]},
+        )
 
     def serve(self, install, models, ports: Ports, data_dir: str) -> list[Served]:
         served = []
@@ -94,7 +218,13 @@ class LlamaCpp(Runtime):
             service = Service(
                 name=engine_service_name(model),
                 description=f"llama.cpp serving {model.name}",
-                argv=server_argv(install.details["server"], model, _path(placed, data_dir), port),
+                argv=server_argv(
+                    install.details["server"],
+                    model,
+                    _path(placed, data_dir),
+                    port,
+                    install.details.get("defaults"),
+                ),
                 workdir=data_dir,
                 health_url=f"http://127.0.0.1:{port}{HEALTH_PATH}",
             )
@@ -124,9 +254,12 @@ def capabilities(model: ModelSpec) -> dict:
     return {"max_context": args["ctx_size"] // max(1, args.get("parallel", 1))}
 
 
-def server_argv(server: list[str], model: ModelSpec, model_path: str, port: int) -> list[str]:
-    """llama-server's command line for one model; every playbook arg maps to one flag."""
-    args = model.args
+def server_argv(
+    server: list[str], model: ModelSpec, model_path: str, port: int, defaults: dict | None = None
+) -> list[str]:
+    """llama-server's command line for one model; every playbook arg maps to one flag.
+    ``defaults``: args the host's install suggests (a phone's) where the playbook sets none."""
+    args = {**(defaults or {}), **model.args}
     argv = [*server, "-m", model_path, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--alias", model.name]
     if "ctx_size" in args:
@@ -150,3 +283,63 @@ def server_argv(server: list[str], model: ModelSpec, model_path: str, port: int)
     argv.append("--metrics")
     argv += [str(a) for a in args.get("extra", [])]
     return argv
+
+
+def _is(package, found: str | None) -> bool:
+    """Is the llama-server found the one the host's package installed?"""
+    return bool(package and found and found == package.server)
+
+
+def _required(conf: dict, key: str, strategy: str) -> object:
+    value = conf.get(key)
+    if value in (None, ""):
+        raise ToolkitError(f"llama.cpp install: {strategy} needs runtimes.llamacpp.{key}")
+    return value
+
+
+def host_line(facts: Facts) -> str:
+    """The facts that decide which installs fit."""
+    parts = [facts.os or "?", facts.arch or "?"]
+    if facts.distro:
+        parts.append(f"{facts.distro} {facts.distro_version}".strip())
+    if facts.termux:
+        parts.append("Termux")
+    parts.append(f"GPU: {'; '.join(facts.gpus)}" if facts.gpus else "no GPU")
+    return ", ".join(parts)
+
+
+def would_work(facts: Facts, found: str | None) -> str:
+    """The strategies that would work on this host, for an error message."""
+    fits = []
+    if found:
+        fits.append("present")
+    if system_package(facts)[0] is not None:
+        fits.append("package")
+    if facts.os == "Linux" and not facts.termux and facts.arch in PIP_ARCHES:
+        fits.append("pip")
+    if platform(facts)[0] is not None:
+        fits.append("release (with version: and sha256:)")
+    fits.append("source (with version: and sha256:)")
+    return "install: " + " or ".join(fits) + " would work here"
+
+
+def build_tools(facts: Facts, build_deps: str) -> list[Packages]:
+    """cmake and a C++ compiler for a source build: installed when the playbook allows it
+    (``build_deps: install``), else the host is refused naming what to install."""
+    missing = missing_build_tools(facts)
+    if not missing:
+        return []
+    manager = (
+        "pkg" if facts.termux
+        else "brew" if facts.os == "Darwin"
+        else "apt" if facts.distro in ("debian", "ubuntu")
+        else None
+    )  # fmt: skip
+    names = BUILD_DEPS.get(manager or "", [])
+    if build_deps == "install" and manager:
+        return [Packages(manager, names)]
+    how = f"{manager} install {' '.join(names)}" if manager else "install cmake and a C++ compiler"
+    raise ToolkitError(
+        f"llama.cpp install: source needs {' and '.join(missing)} on the host: {how}"
+        + (", or set runtimes.llamacpp.build_deps: install" if manager else "")
+    )

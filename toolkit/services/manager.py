@@ -24,6 +24,8 @@ class DefinitionFile:
 class ServiceManager:
     name: str
     restarts_redefined = False  # does loading changed definitions restart those services?
+    package_manager: str | None = None  # "pkg" | "apt" | "brew": installs ``packages``
+    packages: tuple[str, ...] = ()  # system packages the manager (and toolkit with it) needs
 
     def definitions(
         self, services: list[Service], data_dir: str, host: str
