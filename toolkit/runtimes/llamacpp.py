@@ -72,9 +72,9 @@ class LlamaCpp(Runtime):
         "version": Key((str, int)),  # release/source: the build number, b8770
         "sha256": Key((str, dict)),  # release/source: one digest, or asset name -> digest
         "mirror": Key((str,)),  # release/source: base URL instead of GitHub's
-        "build_deps": Key(
-            (str,), choices=("install", "fail")
-        ),  # source: install cmake & a compiler?
+        # source: install cmake and a compiler with the host's package manager, or fail
+        "build_deps": Key((str,), choices=("install", "fail")),
+        "cmake_flags": Key((list,)),  # source: more -D flags, after toolkit's (they win)
     }
     args = {
         "ctx_size": Key((int,)),
@@ -201,7 +201,7 @@ class LlamaCpp(Runtime):
             source, strip=1,
         )  # fmt: skip
         resources = [archive, *build_tools(facts, conf.get("build_deps", "fail"))]
-        plan = build_plan(facts)
+        plan = build_plan(facts, [str(flag) for flag in conf.get("cmake_flags") or []])
         built = SourceBuild(build, source, plan, jobs=facts.cpus or 1)
         resources.append(built)
         return Install(

@@ -1,6 +1,7 @@
 """llama.cpp built from a pinned source archive on the host, with flags from its facts.
 
-Flags: CUDA when ``nvcc`` is on PATH, Vulkan when its SDK's shader compiler ``glslc`` is, Metal on
+Flags: CUDA when ``nvcc`` is on PATH and the facts see an NVIDIA GPU (a CUDA build without one
+takes hours for nothing), Vulkan when its SDK's shader compiler ``glslc`` is, Metal on
 macOS; on Linux the CPU code is always portable (``GGML_NATIVE=OFF``, every CPU variant built as
 a loadable backend and the best one picked at run time, as llama.cpp's own release builds do): a
 native build dies with SIGILL on virtual machines whose CPU advertises features the hypervisor
@@ -60,17 +61,24 @@ class BuildPlan:
         return hashlib.sha256("\n".join(self.flags).encode()).hexdigest()[:12]
 
 
-def build_plan(facts: Facts) -> BuildPlan:
-    """cmake's flags for this host, and why."""
+def build_plan(facts: Facts, extra: list[str] | None = None) -> BuildPlan:
+    """cmake's flags for this host, and why; ``extra`` (the playbook's ``cmake_flags``) come
+    last, so they win."""
+    plan = _plan(facts)
+    if not extra:
+        return plan
+    return BuildPlan(plan.backend, f"{plan.reason}; with {' '.join(extra)}", (*plan.flags, *extra))
+
+
+def _plan(facts: Facts) -> BuildPlan:
     rpath = RPATH.get(facts.os, "$ORIGIN")
     common = [*COMMON, f"-DCMAKE_INSTALL_RPATH={rpath}", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON"]
     if facts.os == "Darwin":
         return BuildPlan("metal", "macOS: Metal", (*common, "-DGGML_METAL=ON"))
     cpu = list(PORTABLE_CPU) if facts.arch in VARIANT_ARCHES else ["-DGGML_NATIVE=OFF"]
-    if facts.binaries.get("nvcc"):
-        return BuildPlan(
-            "cuda", f"CUDA (nvcc at {facts.binaries['nvcc']})", (*common, *cpu, "-DGGML_CUDA=ON")
-        )
+    nvcc = facts.binaries.get("nvcc")
+    if nvcc and any(gpu.startswith("nvidia") for gpu in facts.gpus):
+        return BuildPlan("cuda", f"CUDA (nvcc at {nvcc})", (*common, *cpu, "-DGGML_CUDA=ON"))
     if facts.binaries.get("glslc"):
         return BuildPlan(
             "vulkan",
@@ -78,7 +86,8 @@ def build_plan(facts: Facts) -> BuildPlan:
             (*common, *cpu, "-DGGML_VULKAN=ON"),
         )
     what = "CPU variants chosen at run time" if cpu == PORTABLE_CPU else "portable CPU"
-    return BuildPlan("cpu", f"no nvcc or glslc: {what}", (*common, *cpu))
+    why = "nvcc but no NVIDIA GPU" if nvcc else "no nvcc or glslc"
+    return BuildPlan("cpu", f"{why}: {what}", (*common, *cpu))
 
 
 def configure_argv(source: str, build: str, plan: BuildPlan) -> list[str]:
