@@ -17,10 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 from tests.termux_bed import PackageRepo, TermuxBed, engine_dir, termux_packages
 from tests.toolkit_site import GEMMA, ToolkitSite, recap
+from toolkit.site import load_site
 
 ENGINE = "engine-gemma-3-270m"
 
@@ -48,8 +50,9 @@ def complete(port: int) -> str:
 
 
 def site_for(bed: TermuxBed, root: Path, model: Path) -> ToolkitSite:
+    """playbooks/edge.yml for the bed's phone: the model from a local file, a free proxy port."""
     host = bed.host
-    return ToolkitSite(
+    site = ToolkitSite(
         root,
         host.name,
         {
@@ -60,8 +63,22 @@ def site_for(bed: TermuxBed, root: Path, model: Path) -> ToolkitSite:
         {"install": "auto"},
         model,
         free_port(),
-        args={},  # the phone's defaults: threads from the facts, a small context
     )
+    (play,) = yaml.safe_load((REPO / "playbooks/edge.yml").read_text())
+    play["hosts"] = "all"
+    play["models"][0]["source"] = {"path": str(model)}
+    play["proxy"]["port"] = site.proxy_port
+    site.playbook.write_text(yaml.safe_dump([play], sort_keys=False))
+    return site
+
+
+def test_edge_playbook_and_example_inventory_provision_phones():
+    site = load_site(REPO / "playbooks/edge.yml", REPO / "inventory/example.yml")
+    ((play, hosts),) = site.targets()
+    assert [h.name for h in hosts] == ["pixel7"]
+    (phone,) = hosts
+    assert phone.port == 8022 and phone.vars["termux_wake_lock"] is True
+    assert play.runtimes["llamacpp"].install == "auto" and play.proxy.host == "127.0.0.1"
 
 
 def engine_pids(bed: TermuxBed) -> list[int]:
