@@ -152,8 +152,17 @@ def test_apply_installs_with_pkg_and_a_real_completion_comes_through_the_proxy(p
     # runsvdir was started detached, in a session of its own: it outlives the SSH connection
     (runsvdir,) = [p for p, cmd in bed.processes().items() if "runsvdir" in cmd]
     stat = Path(f"/proc/{runsvdir}/stat").read_text().rsplit(")", 1)[1].split()
-    assert int(stat[3]) == runsvdir  # session id: its own
+    session, tty = int(stat[3]), int(stat[4])
+    sshd = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sshd(p)]
+    assert session not in sshd and tty == 0  # not in the SSH session, no terminal
     assert (bed.prefix / "tmp/wake-lock").exists()  # termux_wake_lock: true
+
+
+def _is_sshd(proc: Path) -> bool:
+    try:
+        return (proc / "comm").read_text().strip() == "sshd"
+    except OSError:
+        return False
 
 
 def test_second_apply_changes_nothing(phone):
@@ -201,3 +210,13 @@ def test_down_leaves_nothing_running_and_keeps_packages_and_models(phone):
     assert [p for p in models.iterdir() if p.suffix == ".gguf"]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{site.proxy_port}/health", timeout=5)
+
+
+def test_apply_after_down_starts_the_services_again(phone):
+    """The services' supervise/ dirs from the first run are still in the data dir: starting
+    again must wait for the new runsv, not trust the old ok pipe."""
+    bed, site, _ = phone
+    again = site.apply()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "services: start engine-gemma-3-270m, proxy" in again.stdout
+    assert complete(site.proxy_port).strip()

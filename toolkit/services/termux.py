@@ -99,13 +99,14 @@ class Termux(ServiceManager):
             f"{self._daemon_alive()} || SVDIR={svdir} LOGDIR={quote(self.prefix + '/var/log')} "
             f"{self.bin('service-daemon')} start </dev/null >/dev/null 2>&1 || exit 1"
         )
-        # runsv creates supervise/ when runsvdir finds the directory: wait for it, bounded.
+        # runsvdir finds a new directory within 5 s and starts its runsv; sv status answers once
+        # that runsv does (a supervise/ok left from an earlier run is no proof). Bounded.
         for s in services:
-            ok = f'"$TK_DATA"/termux/{quote(s.name)}/supervise/ok'
             lines.append(
-                f"tk_i=0; while [ ! -p {ok} ] && [ $tk_i -lt {SUPERVISE_WAIT_S * 5} ]; do "
-                f"sleep 0.2; tk_i=$((tk_i + 1)); done; [ -p {ok} ] || {{ echo "
-                f"'runsvdir did not pick up {link_name(s)} within {SUPERVISE_WAIT_S}s' >&2; exit 1; }}"
+                f"tk_i=0; until {sv} status {self.link(s)} >/dev/null 2>&1; do "
+                f"[ $tk_i -ge {SUPERVISE_WAIT_S * 5} ] && {{ echo 'runsvdir did not start "
+                f"{link_name(s)} within {SUPERVISE_WAIT_S}s' >&2; exit 1; }}; "
+                "sleep 0.2; tk_i=$((tk_i + 1)); done"
             )
         by_name = {s.name: s for s in services}
         for name in restart:
