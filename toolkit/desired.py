@@ -176,7 +176,7 @@ def render_routes(ctx: HostContext, served: list[Served], play: Play) -> str:
             "name": item.model.name,
             "aliases": item.model.aliases,
             "backends": [item.backend],
-            "capabilities": item.capabilities,
+            "capabilities": RUNTIMES[item.model.runtime].capabilities(item.model),
         }
         for item in served
     ]
