@@ -98,7 +98,7 @@ def test_routes_file_comes_from_the_runtime(tmp_path) -> None:
     p = play(tmp_path, model("a", "{ctx_size: 1024}"))
     design = design_host(p, Host("h", {}, ["all"]), FACTS)
     ctx = type("Ctx", (), {"host": Host("h", {}, ["all"])})()
-    text = render_routes(ctx, design.served, p)
+    text = render_routes(ctx, design.served)
     assert '"runtime": "llamacpp"' in text or 'runtime: "llamacpp"' in text
     assert '"max_context": 1024' in text
 

@@ -20,8 +20,8 @@ import yaml
 
 from toolkit.errors import ToolkitError
 from toolkit.models.store import hash_file
-from toolkit.report import history_path
 from toolkit.runtimes import DEFAULT
+from toolkit.workstation import state_dir
 
 _MODEL_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -71,7 +71,7 @@ def write_playbook(target: str, port: int, ctx_size: int, sha256: str | None,
                     "args": {"ctx_size": ctx_size}}],
         "proxy": {"port": port},
     }  # fmt: skip
-    path = history_path().parent / "serve" / f"{name}.yml"
+    path = state_dir() / "serve" / f"{name}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"# Written by `toolkit serve {target}`; `toolkit apply` or `toolkit down` it like any "
