@@ -30,14 +30,17 @@ class Reporter:
         self.stream = stream or sys.stdout
         self.color = not json_events and self.stream.isatty()
         self.lock = threading.Lock()
+        self.bars = None  # live transfer bars (toolkit.progress), on a terminal only
 
     # -- output primitives ----------------------------------------------------------------
 
     def _echo(self, text: str = "", fg: str | None = None, bold: bool = False) -> None:
+        line = click.style(text, fg=fg, bold=bold) if self.color else text
         with self.lock:
-            click.echo(
-                click.style(text, fg=fg, bold=bold) if self.color else text, file=self.stream
-            )
+            if self.bars is not None and self.bars.live:
+                self.bars.write(line)  # above the bars, which stay at the bottom
+            else:
+                click.echo(line, file=self.stream)
 
     def _event(self, kind: str, **fields) -> None:
         with self.lock:
@@ -97,7 +100,14 @@ class Reporter:
             self._echo(f"{host}: {'':>12}  {text}")
 
     def progress(self, host: str, label: str):
-        """A callback for long transfers: prints at most every 10% (or every 5 s)."""
+        """A callback for long transfers: a live bar on a terminal; elsewhere a line at most
+        every 10% (or every 5 s), or a JSON event."""
+        if self.color:
+            if self.bars is None:
+                from toolkit.progress import LiveBars
+
+                self.bars = LiveBars(self.stream)
+            return self.bars.bar(host, label)
         state = {"shown": -1, "at": 0.0}
 
         def update(done: int, total: int | None) -> None:
