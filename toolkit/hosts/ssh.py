@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import posixpath
 import re
@@ -24,10 +25,13 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import fabric
 import paramiko
 
+from toolkit.hosts import sshconfig
 from toolkit.hosts.connection import Connection, HostUnreachable, Result, quote
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
@@ -36,6 +40,13 @@ SIGNALLED_RC = 255  # rc of a command that ended without an exit status (killed)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CHUNK = 32768
 _known_hosts_lock = threading.Lock()  # accept-new appends from many host threads
+DEBUG_ENV = "TOOLKIT_SSH_DEBUG"  # set: paramiko's own log reaches the logging handlers
+
+# paramiko logs a failed connection from its transport thread, with a traceback, which Python
+# prints on stderr when nothing handles it. Every failure is reported here in one line instead.
+if not os.environ.get(DEBUG_ENV):
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
 
 
 class HostKeyRejected(HostUnreachable):
@@ -85,13 +96,20 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
 
 
 class SSHConnection(Connection):
-    """A host reached over SSH. Opened lazily; one connection for every call."""
+    """A host reached over SSH, as ``ssh`` would reach it. Opened lazily; one connection for all.
+
+    ``address`` is what Ansible gives ssh (``ansible_host``, else the inventory name): it is the
+    name looked up in ssh_config. ``port``, ``user``, ``key_file`` and ``jump`` (the inventory's
+    values) override ssh_config; ``ssh_options`` (``-o`` options as (name, value), from the ssh
+    arguments) come next, then ssh_config (``ssh_config``: a file, "none", or None for the
+    default files; see toolkit.hosts.sshconfig), then the defaults.
+    """
 
     def __init__(
         self,
         name: str,
         address: str,
-        port: int = 22,
+        port: int | None = None,
         user: str | None = None,
         key_file: str | Path | None = None,
         jump: str | None = None,
@@ -100,12 +118,15 @@ class SSHConnection(Connection):
         host_key_policy: str = "strict",
         known_hosts: str | Path | None = None,
         connect_timeout: float = 10.0,
+        ssh_options: Sequence[tuple[str, str]] = (),
+        ssh_config: str | None = None,
     ):
         if host_key_policy not in HOST_KEY_POLICIES:
             raise ValueError(f"host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}")
         self.name = name
+        self.alias = address
         self.address = address
-        self.port = int(port)
+        self.port = int(port) if port else 22
         self.user = user or getpass.getuser()
         self.key_file = Path(key_file).expanduser() if key_file else None
         self.jump = jump
@@ -117,10 +138,51 @@ class SSHConnection(Connection):
         self.round_trips = 0
         self._lock = threading.Lock()  # opening, closing, counting
         self._sftp_lock = threading.Lock()
-        self._client: paramiko.SSHClient | None = None
-        self._jump_client: paramiko.SSHClient | None = None
+        self._fabric: fabric.Connection | None = None
+        self._hops: list[fabric.Connection] = []  # jump hosts, the first one first
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
+        self._config_error: str | None = None
+        self._keys_named: dict[int, list[Path]] = {}
+        first: list[tuple[str, str]] = []
+        if port:
+            first.append(("Port", str(port)))
+        if user:
+            first.append(("User", user))
+        if key_file:
+            first.append(("IdentityFile", str(self.key_file)))
+        if jump:
+            first.append(("ProxyJump", jump))
+        first.extend(ssh_options)
+        try:
+            self._config = sshconfig.build(address, first, sshconfig.config_files(ssh_config))
+            self._resolve(known_hosts)
+        except sshconfig.SSHConfigError as exc:
+            self._config_error = f"{name}: {exc}"
+
+    def _resolve(self, known_hosts: str | Path | None) -> None:
+        """Settle address, port, user, jump hosts, timeouts and host keys from the config."""
+        options = sshconfig.lookup(self._config, self.alias)
+        self.address = options.get("hostname", self.alias)
+        self.port = int(options.get("port", 22))
+        self.user = options.get("user") or self.user
+        if "connecttimeout" in options:
+            self.connect_timeout = float(options["connecttimeout"])
+        if "proxyjump" in options and options["proxyjump"].lower() != "none":
+            self.jump = options["proxyjump"]
+        self.proxy_command = options.get("proxycommand")
+        if self.proxy_command and self.proxy_command.lower() == "none":
+            self.proxy_command = None
+        if known_hosts is None and options.get("userknownhostsfile"):
+            self.known_hosts = Path(options["userknownhostsfile"].split()[0]).expanduser()
+        checking = options.get("stricthostkeychecking", "").lower()
+        if self.host_key_policy == "strict" and checking in ("accept-new", "no", "off"):
+            self.host_key_policy = "accept-new"  # a changed key is refused all the same
+        self._identities_only = options.get("identitiesonly", "").lower() == "yes"
+
+    def refuse(self, reason: str) -> None:
+        """Make every use fail with ``reason`` (a setting that cannot be used)."""
+        self._config_error = f"{self.name}: {reason}"
 
     def __repr__(self) -> str:
         via = f" via {self.jump}" if self.jump else ""
@@ -269,11 +331,15 @@ class SSHConnection(Connection):
             self._close_clients()
 
     def _close_clients(self) -> None:
-        for closable in (self._sftp, self._client, self._jump_client):
+        clients = [self._fabric.client] if self._fabric is not None else []
+        clients += [hop.client for hop in reversed(self._hops)]
+        for closable in (self._sftp, *clients):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     closable.close()
-        self._sftp = self._client = self._jump_client = None
+        self._sftp = self._fabric = None
+        self._hops = []
+        self._keys_named = {}
         self._home = None
 
     def _sftp_client(self) -> paramiko.SFTPClient:
@@ -289,68 +355,107 @@ class SSHConnection(Connection):
     def _connected(self) -> paramiko.SSHClient:
         """The open connection; opened now if it is not (or is no longer) open."""
         with self._lock:
-            transport = self._client.get_transport() if self._client else None
-            if transport is not None and transport.is_active():
-                return self._client
+            if self._fabric is not None and self._fabric.is_connected:
+                return self._fabric.client
             self._close_clients()
-            sock = None
-            if self.jump:
-                jump_user, jump_host, jump_port = parse_host_spec(self.jump)
-                self._jump_client = self._login(jump_host, jump_port or 22, jump_user or self.user)
-                try:
-                    sock = self._jump_client.get_transport().open_channel(
-                        "direct-tcpip",
-                        (self.address, self.port),
-                        ("127.0.0.1", 0),
-                        timeout=self.connect_timeout,
+            if self._config_error:
+                raise HostUnreachable(self._config_error)
+            # ProxyJump hops are built here rather than by fabric, which drops a jump host that
+            # has the target's address (another port of the same machine).
+            gateway = None  # the first hop's own ProxyJump/ProxyCommand, fabric reads them
+            for hop in (self.jump or "").split(","):
+                if hop.strip():
+                    gateway = fabric.Connection(
+                        hop.strip(), config=self._fabric_config(), gateway=gateway
                     )
-                except (paramiko.SSHException, OSError, EOFError) as exc:
-                    self._close_clients()
-                    raise HostUnreachable(
-                        f"{self._label()}: jump host {self.jump} cannot reach it: {exc}"
-                    ) from None
+            target = fabric.Connection(
+                self.alias,
+                config=self._fabric_config(),
+                gateway=gateway if self.jump else (self.proxy_command or False),
+                connect_kwargs={},
+            )
+            # Open the chain hop by hop here, so that each failure names the host it happened on.
+            chain = []
+            gateway = target.gateway
+            while isinstance(gateway, fabric.Connection):
+                chain.insert(0, gateway)
+                gateway = gateway.gateway
+            proxy_command = gateway if isinstance(gateway, str) else None
+            self._hops, self._fabric = chain, target
             try:
-                self._client = self._login(self.address, self.port, self.user, sock)
+                self._open_chain([*chain, target], proxy_command)
             except BaseException:
                 self._close_clients()
                 raise
-            self._client.get_transport().set_keepalive(30)
-            return self._client
+            target.client.get_transport().set_keepalive(30)
+            return target.client
 
-    def _login(
-        self, address: str, port: int, user: str, sock: paramiko.Channel | None = None
-    ) -> paramiko.SSHClient:
-        label = f"{self.name} ({user}@{address}:{port})"
-        if self.key_file is not None and not self.key_file.is_file():
-            raise HostUnreachable(f"{label}: key file {self.key_file} does not exist")
-        client = paramiko.SSHClient()
+    def _fabric_config(self) -> fabric.Config:
+        return fabric.Config(ssh_config=self._config)
+
+    def _open_chain(self, chain: list[fabric.Connection], proxy_command: str | None) -> None:
+        previous: fabric.Connection | None = None
+        for conn in chain:
+            is_target = conn is chain[-1]
+            label = self._label() if is_target else f"{self.name}: jump host {_describe(conn)}"
+            self._prepare(conn, label)
+            conn.gateway = None  # opened here, below
+            try:
+                if previous is not None:
+                    sock = previous.transport.open_channel(
+                        "direct-tcpip", (conn.host, conn.port), ("", 0),
+                        timeout=self.connect_timeout,
+                    )  # fmt: skip
+                elif proxy_command:
+                    sock = paramiko.ProxyCommand(proxy_command)
+                else:
+                    sock = socket.create_connection(
+                        (conn.host, conn.port), timeout=self.connect_timeout
+                    )
+            except Exception as exc:
+                if previous is None:
+                    how = f"proxy command `{proxy_command}`" if proxy_command else "it"
+                    raise HostUnreachable(
+                        f"{label}: {how}: {_reason(exc, self.connect_timeout)}"
+                    ) from None
+                raise HostUnreachable(
+                    f"{self.name}: jump host {_describe(previous)} cannot reach "
+                    f"{conn.host}:{conn.port}: {_reason(exc, self.connect_timeout)}"
+                ) from None
+            conn.connect_kwargs["sock"] = sock
+            self._login(conn, label)
+            previous = conn
+
+    def _prepare(self, conn: fabric.Connection, label: str) -> None:
+        """Host keys, keys and timeouts of one hop (fabric's default is to accept any key)."""
+        client = conn.client
         if self.known_hosts.is_file():
             client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(
             _KnownHostsPolicy(self.host_key_policy, self.known_hosts, label)
         )
+        keys = [Path(k).expanduser() for k in conn.connect_kwargs.get("key_filename") or []]
+        if self.key_file is not None and self.key_file in keys and not self.key_file.is_file():
+            raise HostUnreachable(f"{label}: key file {self.key_file} does not exist")
+        present = list(dict.fromkeys(str(k) for k in keys if k.is_file()))
+        conn.connect_timeout = None  # the timeouts are ours, below
+        conn.connect_kwargs.update(
+            key_filename=present or None,
+            look_for_keys=not keys,
+            allow_agent=not self._identities_only,
+            timeout=2 * self.connect_timeout,
+            banner_timeout=self.connect_timeout,
+            auth_timeout=self.connect_timeout,
+            channel_timeout=self.connect_timeout,
+        )
+        self._keys_named[id(conn)] = keys  # for the message, should authentication fail
+
+    def _login(self, conn: fabric.Connection, label: str) -> None:
         try:
-            if sock is None:
-                sock = socket.create_connection((address, port), timeout=self.connect_timeout)
-            client.connect(
-                address,
-                port,
-                username=user,
-                key_filename=str(self.key_file) if self.key_file else None,
-                look_for_keys=self.key_file is None,
-                allow_agent=True,
-                timeout=2 * self.connect_timeout,  # the whole handshake, banner included
-                banner_timeout=self.connect_timeout,
-                auth_timeout=self.connect_timeout,
-                channel_timeout=self.connect_timeout,
-                sock=sock,
-            )
-            return client
+            conn.open()
         except HostKeyRejected:
-            client.close()
             raise
         except paramiko.BadHostKeyException as exc:
-            client.close()
             raise HostKeyRejected(
                 f"{label}: host key has CHANGED since it was recorded in {self.known_hosts} "
                 f"(now {exc.key.get_name()} {exc.key.fingerprint}); refusing to connect"
@@ -358,15 +463,28 @@ class SSHConnection(Connection):
         except Exception as exc:
             # A failure in paramiko's transport thread (e.g. no banner) surfaces later as a
             # vaguer error; report the original one.
-            transport = client.get_transport()
+            transport = conn.client.get_transport()
             cause = getattr(transport, "saved_exception", None) or exc
-            client.close()
-            if sock is not None:
-                sock.close()
-            raise HostUnreachable(f"{label}: {_reason(cause, self.connect_timeout)}") from None
+            reason = _reason(cause, self.connect_timeout)
+            if isinstance(cause, paramiko.AuthenticationException):
+                reason += _keys_tried(self._keys_named.get(id(conn), []))
+            raise HostUnreachable(f"{label}: {reason}") from None
 
     def _label(self) -> str:
         return f"{self.name} ({self.user}@{self.address}:{self.port})"
+
+
+def _describe(conn: fabric.Connection) -> str:
+    name = conn.original_host
+    where = f"{conn.user}@{conn.host}:{conn.port}"
+    return f"{name} ({where})" if name != conn.host else where
+
+
+def _keys_tried(keys: list[Path]) -> str:
+    if not keys:
+        return "; tried the agent and the default keys in ~/.ssh"
+    described = [f"{k}" if k.is_file() else f"{k} (does not exist)" for k in keys]
+    return f"; tried IdentityFile {', '.join(described)}"
 
 
 def _reason(exc: Exception, timeout: float) -> str:
