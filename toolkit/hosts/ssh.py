@@ -178,7 +178,6 @@ class SSHConnection(Connection):
         checking = options.get("stricthostkeychecking", "").lower()
         if self.host_key_policy == "strict" and checking in ("accept-new", "no", "off"):
             self.host_key_policy = "accept-new"  # a changed key is refused all the same
-        self._identities_only = options.get("identitiesonly", "").lower() == "yes"
 
     def refuse(self, reason: str) -> None:
         """Make every use fail with ``reason`` (a setting that cannot be used)."""
@@ -414,9 +413,9 @@ class SSHConnection(Connection):
                     )
             except Exception as exc:
                 if previous is None:
-                    how = f"proxy command `{proxy_command}`" if proxy_command else "it"
+                    how = f"proxy command `{proxy_command}`: " if proxy_command else ""
                     raise HostUnreachable(
-                        f"{label}: {how}: {_reason(exc, self.connect_timeout)}"
+                        f"{label}: {how}{_reason(exc, self.connect_timeout)}"
                     ) from None
                 raise HostUnreachable(
                     f"{self.name}: jump host {_describe(previous)} cannot reach "
@@ -435,6 +434,8 @@ class SSHConnection(Connection):
             _KnownHostsPolicy(self.host_key_policy, self.known_hosts, label)
         )
         keys = [Path(k).expanduser() for k in conn.connect_kwargs.get("key_filename") or []]
+        if not keys and self.key_file is not None:
+            keys = [self.key_file]  # a jump host with no key of its own: the inventory's key
         if self.key_file is not None and self.key_file in keys and not self.key_file.is_file():
             raise HostUnreachable(f"{label}: key file {self.key_file} does not exist")
         present = list(dict.fromkeys(str(k) for k in keys if k.is_file()))
@@ -442,7 +443,7 @@ class SSHConnection(Connection):
         conn.connect_kwargs.update(
             key_filename=present or None,
             look_for_keys=not keys,
-            allow_agent=not self._identities_only,
+            allow_agent=conn.ssh_config.get("identitiesonly", "").lower() != "yes",
             timeout=2 * self.connect_timeout,
             banner_timeout=self.connect_timeout,
             auth_timeout=self.connect_timeout,
@@ -466,7 +467,9 @@ class SSHConnection(Connection):
             transport = conn.client.get_transport()
             cause = getattr(transport, "saved_exception", None) or exc
             reason = _reason(cause, self.connect_timeout)
-            if isinstance(cause, paramiko.AuthenticationException):
+            if "no authentication methods" in str(cause).lower():
+                reason = "authentication failed (no key to offer)"
+            if reason.startswith("authentication failed"):
                 reason += _keys_tried(self._keys_named.get(id(conn), []))
             raise HostUnreachable(f"{label}: {reason}") from None
 
