@@ -434,9 +434,16 @@ def test_a_host_reached_only_through_an_ssh_config_alias(ssh_hosts, tmp_path, mo
         assert conn.run("id -un").stdout == f"{host.user}\n"
 
 
-def test_a_bad_config_file_is_a_one_line_error(ssh_hosts, tmp_path):
-    conn = connect(inventory_host(tmp_path, "gpu-01", ansible_ssh_common_args="-F /nonexistent"))
-    with pytest.raises(HostUnreachable, match="gpu-01: ssh config file /nonexistent") as caught:
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ("-F /nonexistent", "ssh config file /nonexistent .* does not exist"),
+        ("-o Port=abc", 'ssh option port: "abc" is not a number'),
+    ],
+)
+def test_unusable_ssh_settings_are_a_one_line_error(tmp_path, args, error):
+    conn = connect(inventory_host(tmp_path, "gpu-01", ansible_ssh_common_args=args))
+    with pytest.raises(HostUnreachable, match=f"^gpu-01: .*{error}") as caught:
         conn.run("true")
     assert "\n" not in str(caught.value)
 

@@ -136,6 +136,7 @@ class SSHConnection(Connection):
         self.user = user or getpass.getuser()
         self.key_file = Path(key_file).expanduser() if key_file else None
         self.jump = jump
+        self.proxy_command: str | None = None
         self.become_default = become
         self._become_password = become_password
         self.host_key_policy = host_key_policy
@@ -170,10 +171,9 @@ class SSHConnection(Connection):
         """Settle address, port, user, jump hosts, timeouts and host keys from the config."""
         options = sshconfig.lookup(self._config, self.alias)
         self.address = options.get("hostname", self.alias)
-        self.port = int(options.get("port", 22))
+        self.port = _number(options, "port", 22)
         self.user = options.get("user") or self.user
-        if "connecttimeout" in options:
-            self.connect_timeout = float(options["connecttimeout"])
+        self.connect_timeout = _number(options, "connecttimeout", self.connect_timeout)
         if "proxyjump" in options and options["proxyjump"].lower() != "none":
             self.jump = options["proxyjump"]
         self.proxy_command = options.get("proxycommand")
@@ -415,7 +415,8 @@ class SSHConnection(Connection):
             return target.client
 
     def _fabric_config(self) -> fabric.Config:
-        return fabric.Config(ssh_config=self._config)
+        # lazy: no fabric.yaml files are read; every setting comes from ssh_config and the inventory
+        return fabric.Config(ssh_config=self._config, lazy=True)
 
     def _open_chain(self, chain: list[fabric.Connection], proxy_command: str | None) -> None:
         previous: fabric.Connection | None = None
@@ -501,6 +502,18 @@ class SSHConnection(Connection):
 
     def _label(self) -> str:
         return f"{self.name} ({self.user}@{self.address}:{self.port})"
+
+
+def _number(options: dict, name: str, default):
+    """An ssh option that must be a number, as the type of ``default``."""
+    if name not in options:
+        return default
+    try:
+        return type(default)(options[name])
+    except ValueError:
+        raise sshconfig.SSHConfigError(
+            f'ssh option {name}: "{options[name]}" is not a number'
+        ) from None
 
 
 def _transport(sock, **kwargs) -> paramiko.Transport:
