@@ -603,6 +603,32 @@ def test_a_host_behind_a_jump_host_in_ssh_config(jump_bed, tmp_path, monkeypatch
     assert (jump.logins() - before[0], target.logins() - before[1]) == (1, 1)
 
 
+def test_proxy_jump_for_every_host_does_not_loop_through_the_jump_host(jump_bed, tmp_path):
+    jump, target = jump_bed.hosts
+    config = write_config(
+        tmp_path / "ssh_config",
+        f"""\
+        Host gpu-inner
+            HostName {target.address}
+            Port {target.port}
+            User {target.user}
+        Host bastion
+            HostName {jump.address}
+            Port {jump.port}
+            User {jump.user}
+        Host *
+            ProxyJump bastion
+            IdentityFile {target.key_file}
+            UserKnownHostsFile {jump_bed.known_hosts}
+        """,
+    )
+    inv = inventory_host(tmp_path, "gpu-inner", ansible_ssh_common_args=f"-F {config}")
+    jump_logins = jump.logins()
+    with connect(inv) as conn:
+        assert conn.run("id -un").stdout == f"{target.user}\n"
+    assert jump.logins() - jump_logins == 1  # not bastion through bastion
+
+
 @pytest.mark.parametrize("flag", ["-o ProxyJump={}", "-J {}", "-o 'ProxyJump {}'"])
 def test_a_jump_host_from_the_ansible_ssh_args(jump_bed, tmp_path, flag):
     jump, target = jump_bed.hosts

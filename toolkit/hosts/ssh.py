@@ -39,6 +39,7 @@ TIMEOUT_RC = 124  # rc of a run() that outlived its timeout, as timeout(1) repor
 SIGNALLED_RC = 255  # rc of a command that ended without an exit status (killed), as ssh(1) says
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CHUNK = 32768
+MAX_JUMPS = 8  # jump hosts on the way to one host
 # AES-GCM first: paramiko's own first choice (aes128-ctr with hmac-sha2-256) moves half as many
 # bytes per second; OpenSSH servers offer GCM since 6.2. Measured in bench/transfer.py.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
@@ -384,18 +385,14 @@ class SSHConnection(Connection):
             self._close_clients()
             if self._config_error:
                 raise HostUnreachable(self._config_error)
-            # ProxyJump hops are built here rather than by fabric, which drops a jump host that
-            # has the target's address (another port of the same machine).
-            gateway = None  # the first hop's own ProxyJump/ProxyCommand, fabric reads them
-            for hop in (self.jump or "").split(","):
-                if hop.strip():
-                    gateway = fabric.Connection(
-                        hop.strip(), config=self._fabric_config(), gateway=gateway
-                    )
+            try:
+                gateway = self._jump_chain(self.jump, (self.alias,)) if self.jump else None
+            except sshconfig.SSHConfigError as exc:
+                raise HostUnreachable(f"{self.name}: {exc}") from None
             target = fabric.Connection(
                 self.alias,
                 config=self._fabric_config(),
-                gateway=gateway if self.jump else (self.proxy_command or False),
+                gateway=gateway or self.proxy_command or False,
                 connect_kwargs={},
             )
             # Open the chain hop by hop here, so that each failure names the host it happened on.
@@ -413,6 +410,33 @@ class SSHConnection(Connection):
                 raise
             target.client.get_transport().set_keepalive(30)
             return target.client
+
+    def _jump_chain(self, jump: str, seen: tuple[str, ...]) -> fabric.Connection | None:
+        """The last of the ProxyJump hops ``a,b,c``, each with its gateway set to the one before.
+
+        Built here rather than by fabric, which drops a jump host at the target's address
+        (another port of the same machine) and recurses without end on ``Host *`` + ProxyJump.
+        The first hop is reached as its own ssh_config entry says; a ProxyJump naming a host
+        already on the way is ignored.
+        """
+        if len(seen) > MAX_JUMPS:
+            raise sshconfig.SSHConfigError(f"more than {MAX_JUMPS} jump hosts: {' > '.join(seen)}")
+        gateway = None
+        for spec in (part.strip() for part in jump.split(",")):
+            if not spec:
+                continue
+            hop = fabric.Connection(spec, config=self._fabric_config(), gateway=False)
+            if gateway is None:
+                own = hop.ssh_config.get("proxyjump") or "none"
+                via = fabric.connection.derive_shorthand(own.split(",")[0].strip())["host"]
+                if own.lower() != "none" and via not in (*seen, hop.original_host):
+                    hop.gateway = self._jump_chain(own, (*seen, hop.original_host))
+                elif hop.ssh_config.get("proxycommand"):
+                    hop.gateway = hop.ssh_config["proxycommand"]
+            else:
+                hop.gateway = gateway
+            gateway = hop
+        return gateway
 
     def _fabric_config(self) -> fabric.Config:
         # lazy: no fabric.yaml files are read; every setting comes from ssh_config and the inventory
