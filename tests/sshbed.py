@@ -167,6 +167,8 @@ class SSHBed:
             for index in range(1, self.count + 1):
                 self.hosts.append(self._prepare_host(index))
             if self.behind_jump:
+                if shutil.which("ip") is None:
+                    raise BedUnavailable("ip is missing (apt-get install iproute2)")
                 self._make_namespace()
             for host in self.hosts:
                 self._launch(host)
