@@ -1,0 +1,152 @@
+"""The proxy as an ASGI app outside ``python -m proxy``: run by uvicorn's own command line
+(``uvicorn proxy.asgi:app`` with ``TOOLKIT_ROUTES``, and ``--factory``), and mounted under a
+prefix in another Starlette app, which passes no lifespan events to it. Real uvicorn processes
+on loopback, a stand-in upstream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.conftest import REPO, free_port, stop_process, wait_http_ok
+from tests.test_proxy_faults import wait_until
+from tests.upstream_standin import StandIn, routes_for
+
+HOST_APP = """
+import os
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from proxy.asgi import create_asgi_app
+
+
+async def hello(request):
+    return PlainTextResponse("the host app")
+
+
+app = Starlette(
+    routes=[Route("/", hello), Mount("/llm", app=create_asgi_app(os.environ["ROUTES"]))]
+)
+"""
+
+
+class Uvicorn:
+    """``python -m uvicorn ...`` on a free loopback port; ``stop`` ends it by pid."""
+
+    def __init__(self, directory: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = directory / "uvicorn.log"
+        environ = {k: v for k, v in os.environ.items() if k != "TOOLKIT_API_KEYS"}
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO), environ.get("PYTHONPATH")])
+        )
+        environ.update(env or {})
+        argv = [sys.executable, "-m", "uvicorn", *args, "--port", str(self.port)]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=directory,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait(self, path: str) -> None:
+        try:
+            wait_http_ok(self.url + path, deadline_s=30, proc=self.process)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def write_routes(directory: Path, **urls: str) -> Path:
+    """Routes with a model per keyword (its name) served by the URL given, checked often."""
+    models = {name: routes_for(name, url)["models"][name] for name, url in urls.items()}
+    path = directory / "routes.yml"
+    path.write_text(yaml.safe_dump({"models": models, "health_interval": 0.2}))
+    return path
+
+
+def chat(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "stand-in answer"
+    stream = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert [c.choices[0].delta.content for c in stream if c.choices] == [
+        f"tok{i} " for i in range(5)
+    ]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [("proxy.asgi:app",), ("--factory", "proxy.asgi:create_asgi_app")],
+    ids=["app", "factory"],
+)
+def test_uvicorn_runs_the_proxy_named_by_toolkit_routes(standin, tmp_path, target):
+    routes = write_routes(tmp_path, m=standin.url)
+    server = Uvicorn(tmp_path, *target, env={"TOOLKIT_ROUTES": str(routes)})
+    try:
+        server.wait("/health")
+        # lifespan started the health checks: the stand-in is checked again and again
+        assert wait_until(lambda: len(standin.checked) >= 3), server.log()
+        chat(openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0))
+        # the proxy's own access log (written in batches)
+        assert wait_until(lambda: '"status":200' in server.log()), server.log()
+    finally:
+        server.stop()
+
+
+def test_without_toolkit_routes_uvicorn_says_what_is_missing(tmp_path):
+    server = Uvicorn(tmp_path, "proxy.asgi:app")
+    try:
+        assert server.process.wait(timeout=60) != 0
+        assert "TOOLKIT_ROUTES is not set" in server.log()
+    finally:
+        server.stop()
+
+
+def test_mounted_in_another_app_under_a_prefix(tmp_path):
+    (tmp_path / "host.py").write_text(HOST_APP)
+    with StandIn(chunks=5) as standin, StandIn(chunks=500, delay=0.02) as slow:
+        routes = write_routes(tmp_path, m=standin.url, slow=slow.url)
+        server = Uvicorn(tmp_path, "host:app", env={"ROUTES": str(routes)})
+        try:
+            server.wait("/")
+            assert httpx.get(server.url + "/").text == "the host app"
+            client = openai.OpenAI(base_url=server.url + "/llm/v1", api_key="x", max_retries=0)
+            chat(client)
+            assert sorted(m.id for m in client.models.list()) == ["m", "slow"]
+            # no lifespan reaches a mounted app: its health checks started with the first request
+            checked = len(standin.checked)
+            assert wait_until(lambda: len(standin.checked) >= checked + 2), server.log()
+            health = httpx.get(server.url + "/llm/health").json()
+            assert health["status"] == "ok"
+            assert httpx.get(server.url + "/llm/v1/nope").status_code == 404
+            # a client that goes away mid-stream closes the backend's request
+            body = {"model": "slow", "messages": [], "stream": True}
+            url = server.url + "/llm/v1/chat/completions"
+            with httpx.stream("POST", url, json=body, timeout=30) as response:
+                chunks = response.iter_bytes()
+                next(chunks)
+                next(chunks)
+            assert slow.client_closed.wait(2.0), "the upstream request was still open after 2 s"
+        finally:
+            server.stop()
