@@ -8,7 +8,8 @@ its client): an ``Exchange`` offers them what a builtin ``connection.Connection`
 (``respond``, ``start_stream``, ``send_chunk``, ``end_stream``, ``run``, ``work``,
 ``disconnected``) and turns it into ASGI messages. The other paths go to the Starlette app as
 they are. A client that goes away (ASGI's ``http.disconnect``) cancels its request's work, which
-closes the backend's request, as under the builtin server.
+closes the backend's request, as under the builtin server; so does one that reads nothing of its
+answer for the routes file's ``send_timeout`` (then the server closes the connection).
 
 ``call_asgi`` goes the other way: the builtin server answering /v1/models, /health and /metrics
 with that Starlette app. The request's body has been read already; the app's answer is collected
@@ -34,6 +35,7 @@ from .errors import error_body
 
 if TYPE_CHECKING:
     from .app import Proxy
+    from .deadline import Clock
 
 logger = logging.getLogger("proxy")
 
@@ -41,6 +43,7 @@ ASGI = {"version": "3.0", "spec_version": "2.3"}
 FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 ROUTES_VARIABLE = "TOOLKIT_ROUTES"
 JSON = b"application/json"
+SEND_TIMEOUT = 60.0  # seconds a client may read nothing of its answer, when the routes say none
 
 
 async def call_asgi(app: Any, request: Request, connection: Connection) -> None:
@@ -174,8 +177,10 @@ class ProxyApp:
         watcher = None
         if not exchange.done:
             watcher = asyncio.get_running_loop().create_task(exchange.watch(receive))
+        routes = proxy.table.routes
         try:
-            await exchange.pump(send)
+            timeout = getattr(routes, "send_timeout", SEND_TIMEOUT)
+            await exchange.pump(send, proxy.upstream.clock, timeout)
         finally:
             if watcher is not None and not watcher.done():
                 watcher.cancel()
@@ -296,22 +301,41 @@ class Exchange:
             self.respond(500, ((b"content-type", JSON),), body)
 
     # what ProxyApp calls
-    async def pump(self, send: Any) -> None:
-        """Send what is queued, in order, until the answer is whole or the client is gone."""
+    async def pump(self, send: Any, clock: Clock, timeout: float) -> None:
+        """Send what is queued, in order, until the answer is whole or the client is gone. A
+        client that reads nothing for ``timeout`` seconds is given up: the work is cancelled
+        (freeing its backend) and the answer left incomplete, so the server closes the
+        connection."""
         outbox = self._outbox
-        while True:
-            while outbox:
-                await send(outbox.popleft())
-            sent = self._sent
-            if sent is not None and not sent.done():
-                sent.set_result(None)
-            if self.done or self.disconnected:
-                return
-            wake = self._wake = self.loop.create_future()
-            try:
-                await wake
-            finally:
-                self._wake = None
+        deadline = clock.deadline(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                while outbox:
+                    deadline.reset(timeout)  # covers waiting on the client only
+                    await send(outbox.popleft())
+                deadline.clear()
+                sent = self._sent
+                if sent is not None and not sent.done():
+                    sent.set_result(None)
+                if self.done or self.disconnected:
+                    return
+                wake = self._wake = self.loop.create_future()
+                try:
+                    await wake
+                finally:
+                    self._wake = None
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            deadline.absorb()
+            logger.warning(
+                "%s: the client read nothing for %g s; closing it",
+                self.request.url.decode("latin-1"),
+                timeout,
+            )
+            self.lost()
+        finally:
+            deadline.close()
 
     async def watch(self, receive: Any) -> None:
         """Wait for the client to go away while its answer is coming."""

@@ -193,6 +193,7 @@ def run_uvicorn_on(proxy: Proxy, sock: socket.socket, tls: TlsFiles | None = Non
         lifespan="on",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-* are not read: a client's address is the peer's
         log_level="warning",
         timeout_keep_alive=proxy.table.routes.keepalive_timeout,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(GRACE_SECONDS),

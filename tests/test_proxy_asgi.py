@@ -5,7 +5,10 @@ on loopback, a stand-in upstream."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ import openai
 import pytest
 import yaml
 
+from proxy.routes import Routes
 from tests.conftest import REPO, free_port, stop_process, wait_http_ok
 from tests.test_proxy_faults import wait_until
 from tests.upstream_standin import StandIn, routes_for
@@ -148,5 +152,46 @@ def test_mounted_in_another_app_under_a_prefix(tmp_path):
                 next(chunks)
                 next(chunks)
             assert slow.client_closed.wait(2.0), "the upstream request was still open after 2 s"
+        finally:
+            server.stop()
+
+
+SEND_TIMEOUT_APP = """
+import dataclasses
+import os
+
+import proxy.asgi
+from proxy.routes import Routes
+
+if "send_timeout" not in {field.name for field in dataclasses.fields(Routes)}:
+    proxy.asgi.SEND_TIMEOUT = 1.0  # a routes file without send_timeout: the default, shorter
+app = proxy.asgi.create_asgi_app(os.environ["ROUTES"])
+"""
+
+
+def test_a_stream_the_client_does_not_read_is_cut_off_and_frees_its_backend(tmp_path):
+    (tmp_path / "cutoff.py").write_text(SEND_TIMEOUT_APP)
+    with StandIn() as standin:
+        routes = write_routes(tmp_path, m=standin.url)
+        if "send_timeout" in {field.name for field in dataclasses.fields(Routes)}:
+            routes.write_text(routes.read_text() + "send_timeout: 1\n")
+        server = Uvicorn(tmp_path, "cutoff:app", env={"ROUTES": str(routes)})
+        try:
+            server.wait("/health")
+            # 640 chunks of 64 KiB (42 MB) to a client that reads none of it
+            body = json.dumps(
+                {"model": "m", "stream": True, "standin_chunks": 640, "standin_padding": 65536}
+            ).encode()
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            assert standin.client_closed.wait(20), "the backend's request was still open"
+            assert standin.chunks_sent < 640
+            assert wait_until(lambda: "the client read nothing for 1 s" in server.log())
+            sock.close()
         finally:
             server.stop()
