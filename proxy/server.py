@@ -180,22 +180,27 @@ async def _drain(listener: Listener) -> None:
 
 def run_uvicorn_on(proxy: Proxy, sock: socket.socket, tls: TlsFiles | None = None) -> None:
     """Serve ``proxy`` as an ASGI app under uvicorn on the listening ``sock`` until a stop
-    signal: its HTTP parser is httptools too, its event loop uvloop when installed. The proxy
-    writes its own access log; the keep-alive timeout is the routes file's at start."""
+    signal: its HTTP parser is httptools too (with the builtin server's head limit), its event
+    loop uvloop when installed. The proxy writes its own access log; the keep-alive timeout and
+    the connection cap are the routes file's at start."""
     import uvicorn
 
     from .asgi import ProxyApp
+    from .uvicorn_protocol import LimitedHttpToolsProtocol
 
+    routes = proxy.table.routes
     config = uvicorn.Config(
         ProxyApp(proxy),
-        http="httptools",
+        http=LimitedHttpToolsProtocol,
         ws="none",
         lifespan="on",
         access_log=False,
         server_header=False,
         proxy_headers=False,  # X-Forwarded-* are not read: a client's address is the peer's
         log_level="warning",
-        timeout_keep_alive=proxy.table.routes.keepalive_timeout,  # type: ignore[arg-type]
+        timeout_keep_alive=routes.keepalive_timeout,  # type: ignore[arg-type]
+        # connections (and requests) per worker past which uvicorn answers 503
+        limit_concurrency=getattr(routes, "max_connections", None),
         timeout_graceful_shutdown=int(GRACE_SECONDS),
         ssl_certfile=str(tls.cert) if tls else None,
         ssl_keyfile=str(tls.key) if tls else None,

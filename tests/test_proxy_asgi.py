@@ -21,7 +21,7 @@ import yaml
 from proxy.routes import Routes
 from tests.conftest import REPO, free_port, stop_process, wait_http_ok
 from tests.test_proxy_faults import wait_until
-from tests.upstream_standin import StandIn, routes_for
+from tests.upstream_standin import ProxyProcess, StandIn, routes_for
 
 HOST_APP = """
 import os
@@ -195,3 +195,31 @@ def test_a_stream_the_client_does_not_read_is_cut_off_and_frees_its_backend(tmp_
             sock.close()
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize(
+    "unfinished",
+    [b"X-A: " + b"a" * 70000, b"X-" + b"a" * 70000, b"X-A: b\r\n" * 10000],
+    ids=["value", "name-without-colon", "many-headers"],
+)
+def test_uvicorn_refuses_a_request_head_over_the_limit(standin, tmp_path, unfinished):
+    """uvicorn alone would buffer a head that never ends for as long as it comes."""
+    proxy = ProxyProcess(routes_for("m", standin.url), tmp_path, server="uvicorn")
+    try:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + unfinished)
+        received = bytearray()
+        while data := sock.recv(65536):
+            received += data
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431 "), received[:200]
+        assert json.loads(body)["error"]["message"] == "the request headers are too large"
+        sock.close()
+        # a large body is no head: a request with one in a single write is answered
+        padded = json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "x" * 300_000}]}
+        ).encode()
+        response = httpx.post(proxy.url + "/v1/chat/completions", content=padded, timeout=30)
+        assert response.status_code == 200
+    finally:
+        proxy.stop()

@@ -188,7 +188,6 @@ def test_chunked_request_body(proxy, standin):
     sock.close()
 
 
-@pytest.mark.builtin_only("uvicorn answers bytes it cannot parse in text/plain, not OpenAI's JSON")
 def test_malformed_request_is_400_and_closed(proxy):
     sock = connect(proxy)
     sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
