@@ -223,3 +223,31 @@ def test_uvicorn_refuses_a_request_head_over_the_limit(standin, tmp_path, unfini
         assert response.status_code == 200
     finally:
         proxy.stop()
+
+
+def test_uvicorn_checks_the_key_before_reading_the_body(standin, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("the-key\n")
+    routes = {**routes_for("m", standin.url), "keys_file": str(keys)}
+    proxy = ProxyProcess(routes, tmp_path, server="uvicorn")
+    try:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        # 15 MB announced, none sent, and a client that waits for 100 Continue: 401 at once
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 15000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        answer = bytearray()
+        while b"invalid_api_key" not in answer and (data := sock.recv(65536)):
+            answer += data  # the head and the body may come in two pieces
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert b"invalid_api_key" in answer
+        sock.close()
+        keyed = httpx.post(
+            proxy.url + "/v1/chat/completions",
+            json={"model": "m", "messages": []},
+            headers={"Authorization": "Bearer the-key"},
+        )
+        assert keyed.status_code == 200
+    finally:
+        proxy.stop()
