@@ -104,8 +104,7 @@ class Fleet:
         self.sha256 = write_model(self.model)
         # the first host's proxy runs as two workers (the playbook's proxy.workers, per host)
         self.entries = {
-            h.name: host_entry(h, **({"proxy_workers": 2} if h is hosts[0] else {}))
-            for h in hosts
+            h.name: host_entry(h, **({"proxy_workers": 2} if h is hosts[0] else {})) for h in hosts
         }
         self.down = refusing_port()  # held open for the fleet's life: a host that is down
         self.playbook = root / "fleet.yml"
