@@ -215,6 +215,8 @@ class Engine:
         self.connections: dict[str, Connection] = {}
 
     def connection(self, host: Host) -> Connection:
+        if host.unsupported:  # a docker/winrm/... host: refused when a play targets it
+            raise HostUnreachable(host.unsupported)
         if host.name not in self.connections:
             self.connections[host.name] = connect(
                 host,

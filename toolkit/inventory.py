@@ -40,8 +40,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+
 from toolkit.errors import ConfigError, ToolkitError, did_you_mean
 from toolkit.positions import Pos, PosDict, load_yaml
+from toolkit.variables import is_template, render
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -104,9 +107,19 @@ class Host:
     pos: Pos | None = field(default=None, repr=False)  # where the host was first listed
 
     def _first(self, keys: tuple[str, ...]):
+        """The value of the first of ``keys`` set, its templates rendered with the host's vars."""
         for key in keys:
-            if self.vars.get(key) is not None:
-                return self.vars[key]
+            value = self.vars.get(key)
+            if value is None:
+                continue
+            if not is_template(value):
+                return value
+            try:
+                return render(value, {"inventory_hostname": self.name, **self.vars})
+            except jinja2.TemplateError as exc:
+                raise ToolkitError(
+                    f'host {self.name}: cannot render {key} "{value}": {exc}'
+                ) from None
         return None
 
     @property
