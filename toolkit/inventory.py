@@ -149,7 +149,7 @@ class Host:
         value = self._first(CONNECTION_KEYS)
         if value is not None and value != "local" and value not in SSH_CONNECTIONS:
             where = self.var_pos.get("ansible_connection") or self.var_pos.get("connection")
-            at = f" (set at {where})" if where else ""
+            at = f" (set at {where.path}:{where.line})" if where else ""
             return (
                 f'host {self.name}: connection "{value}"{at} is not one toolkit can reach; '
                 "it speaks ssh and local only"
