@@ -233,7 +233,12 @@ class Inventory:
             keep = set(self._match(pattern, term[1:]))
             chosen = [name for name in chosen if name in keep]
         for term in (t for t in terms if t[0] == "!"):
-            drop = set(self._match(pattern, term[1:]))
+            try:
+                drop = set(self._match(pattern, term[1:]))
+            except NoHostsMatched:
+                if not _is_wildcard(term[1:]):
+                    raise  # a name that exists nowhere is a typo; a glob may match nothing
+                drop = set()
             chosen = [name for name in chosen if name not in drop]
         if not chosen:
             raise NoHostsMatched(pattern, None, list(self.groups), list(self.hosts))
@@ -241,9 +246,12 @@ class Inventory:
 
     def _match(self, pattern: str, term: str) -> list[str]:
         expr, subscript = _split_subscript(term)
-        found = self._enumerate(pattern, expr)
         if subscript is None:
-            return found
+            return self._enumerate(pattern, expr)
+        try:
+            found = self._enumerate(pattern, expr)
+        except NoHostsMatched:
+            raise ToolkitError(_subscript_of_nothing(term, expr)) from None
         start, end = subscript
         try:
             if end is None:
@@ -335,6 +343,23 @@ def load_inventory(
 
 
 _DEFAULTABLE = (USER_KEYS, KEY_FILE_KEYS, BECOME_KEYS)
+
+
+def _is_wildcard(term: str) -> bool:
+    return term.startswith("~") or any(ch in term for ch in "*?[")
+
+
+def _subscript_of_nothing(term: str, expr: str) -> str:
+    """What to say when ``web0[1-4]`` was meant as a range of names: in Ansible (and here) it
+    picks hosts by position from the group or hosts ``web0`` matches."""
+    hint = "use a regex (~...)"
+    match = re.fullmatch(r".+\[([0-9]):?-?([0-9])\]", term)
+    if match:
+        hint = f'use a regex: "~{expr}[{match.group(1)}-{match.group(2)}]"'
+    return (
+        f'host pattern "{term}": a subscript picks hosts by position from what "{expr}" '
+        f"matches, and no host or group matches it; to match host names, {hint}"
+    )
 
 
 def _split_subscript(term: str) -> tuple[str, tuple[int, int | None] | None]:
