@@ -428,3 +428,120 @@ def test_an_empty_inventory_has_only_the_builtin_groups(tmp_path):
     assert list(inventory.groups) == ["all", "ungrouped"]
     with pytest.raises(NoHostsMatched):
         inventory.select("all")
+
+
+# -- hosts toolkit cannot work on, connection defaults from the command line --------------------
+
+
+def test_unreachable_connection_types_are_kept_with_the_reason(tmp_path):
+    path = write(
+        tmp_path / "hosts.ini",
+        """
+        [web]
+        w1
+        win1 ansible_connection=winrm
+        [net]
+        sw1 ansible_connection=network_cli
+        """,
+    )
+    inventory = load_inventory(path)  # the inventory loads: only a play targeting them fails
+    assert inventory.hosts["w1"].unsupported is None
+    assert inventory.hosts["win1"].unsupported == (
+        f'host win1: connection "winrm" (set at {path}:3) is not one toolkit can reach; '
+        "it speaks ssh and local only"
+    )
+    assert "network_cli" in inventory.hosts["sw1"].unsupported
+
+
+def test_become_user_other_than_root_is_refused_only_with_become(tmp_path):
+    path = write(
+        tmp_path / "hosts.ini",
+        """
+        a ansible_become=true ansible_become_user=postgres
+        b ansible_become=false ansible_become_user=postgres
+        c ansible_become=true ansible_become_user=root
+        """,
+    )
+    hosts = load_inventory(path).hosts
+    assert 'ansible_become_user "postgres" is not supported' in hosts["a"].unsupported
+    assert hosts["b"].unsupported is None and hosts["c"].unsupported is None
+
+
+def test_command_line_defaults_yield_to_the_inventory(tmp_path):
+    path = write(
+        tmp_path / "hosts.ini",
+        """
+        plain
+        own ansible_ssh_user=admin ansible_ssh_private_key_file=/k ansible_become=no
+        """,
+    )
+    defaults = {
+        "ansible_user": "ops",
+        "ansible_ssh_private_key_file": "/cli",
+        "ansible_become": True,
+    }
+    hosts = load_inventory(path, defaults=defaults).hosts
+    assert (hosts["plain"].user, hosts["plain"].key_file, hosts["plain"].become) == (
+        "ops",
+        "/cli",
+        True,
+    )
+    assert (hosts["own"].user, hosts["own"].key_file, hosts["own"].become) == ("admin", "/k", False)
+
+
+def test_connection_vars_render_their_templates(tmp_path):
+    path = write(
+        tmp_path / "hosts.yml",
+        """
+        all:
+          vars: {domain: lan, ansible_host: "{{ inventory_hostname }}.{{ domain }}"}
+          hosts: {gpu1: }
+        """,
+    )
+    assert load_inventory(path).hosts["gpu1"].address == "gpu1.lan"
+
+
+def test_ipv6_host_lines_are_hosts_not_sections(tmp_path):
+    path = write(tmp_path / "hosts", "[v6]\n[2001:db8::1]:2022 role=a\n[::1]:22\n")
+    inventory = load_inventory(path)
+    assert names(inventory.select("v6")) == ["2001:db8::1", "::1"]
+    assert inventory.hosts["2001:db8::1"].port == 2022
+    assert names(inventory.select("2001:db8::1")) == ["2001:db8::1"]
+
+
+def test_a_play_sees_inventory_chains_rendered_to_the_end(tmp_path):
+    """Issue 15: "{{ models_dir }}/x.gguf" gave the literal "{{ app_dir }}/models/x.gguf"."""
+    from toolkit.site import load_site
+
+    inventory = write(
+        tmp_path / "hosts.ini",
+        """
+        [gpu]
+        g1
+        [gpu:vars]
+        app_dir=/srv/app
+        models_dir="{{ app_dir }}/models"
+        """,
+    )
+    playbook = write(
+        tmp_path / "site.yml",
+        f"""
+        - hosts: gpu
+          runtimes: {{llamacpp: }}
+          models:
+            - name: m
+              runtime: llamacpp
+              source: {{path: "{{{{ models_dir }}}}/x.gguf"}}
+              sha256: "{"0" * 64}"
+        """,
+    )
+    site = load_site(playbook, inventory)
+    (play,) = site.plays
+    model = site.play_for(play, site.inventory.hosts["g1"]).models[0]
+    assert model.source["path"] == "/srv/app/models/x.gguf"
+    # group_vars/ beside the playbook win over the inventory's
+    write(tmp_path / "playbooks" / "group_vars" / "gpu.yml", "app_dir: /data\n")
+    moved = write(tmp_path / "playbooks" / "site.yml", playbook.read_text())
+    site = load_site(moved, inventory)
+    model = site.play_for(site.plays[0], site.inventory.hosts["g1"]).models[0]
+    assert model.source["path"] == "/data/models/x.gguf"
