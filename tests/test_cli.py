@@ -190,8 +190,10 @@ def test_check_exits_2_when_changes_are_pending_and_vv_shows_what_ran(local_site
     ]
     assert ran and all(" s " in line and "rc=" in line for line in ran), done.stdout
     assert not (local_site / "data").exists() or not any((local_site / "data").iterdir())
+    assert "here:     finished  in " in done.stdout
     quiet = toolkit(local_site, "apply", "site.yml", "-i", "inventory", "-C")
     assert quiet.returncode == EXIT_PENDING and " run " not in quiet.stdout
+    assert "finished" not in quiet.stdout
 
 
 def test_hosts_toolkit_cannot_reach_fail_alone_and_only_when_targeted(local_site):

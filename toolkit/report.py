@@ -158,6 +158,11 @@ class Reporter:
                         round_trips=result.round_trips,
                         seconds=round(result.seconds, 3))  # fmt: skip
             return
+        if self.verbosity >= 1:
+            self._echo(
+                f"{result.host}: {'finished':>12}  in {result.seconds:.2f} s, "
+                f"{result.round_trips} round trip(s)"
+            )
         if result.failed:
             word = "UNREACHABLE" if result.unreachable else "FAILED"
             self._echo(f"{result.host}: {word}: {result.error}", fg="red", bold=True)
