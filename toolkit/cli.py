@@ -404,6 +404,7 @@ def facts(pattern, inventories, user, private_key, accept_new_host_keys, become,
     from toolkit.hosts.facts import parse_facts
     from toolkit.inventory import load_inventory
     from toolkit.report import use_color
+    from toolkit.variables import LazyVars
 
     quiet_ssh_library_logs(0)
     try:
@@ -421,7 +422,9 @@ def facts(pattern, inventories, user, private_key, accept_new_host_keys, become,
             if host.unsupported:
                 raise ToolkitError(host.unsupported)
             with connect(host, host_key_policy=policy) as conn:
-                data_dir = host.vars.get("toolkit_data_dir")
+                data_dir = LazyVars({"inventory_hostname": host.name, **host.vars}).get(
+                    "toolkit_data_dir"
+                )
                 out = conn.run(probe_script(data_dir, [], RunOptions()))
             return host.name, parse_facts(split_probe(out.stdout)[0]).as_dict()
         except Exception as exc:  # report per host, go on with the others

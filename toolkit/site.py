@@ -11,7 +11,8 @@ with that host's variables, merged as Ansible merges them, lowest first:
 2. the play's ``vars:``
 3. ``-e key=value`` / ``-e '{"key": ...}'`` (extra vars: always win)
 
-plus ``inventory_hostname`` and ``group_names``. A variable that is not defined is an error. A
+plus ``inventory_hostname`` and ``group_names``. A variable whose value is a template renders when
+read, to any depth, as in Ansible (toolkit/variables.py). A variable that is not defined is an error. A
 rendered value where the playbook wants an integer (ports, ``ctx_size``...) or a boolean is
 converted (``"8100"`` -> 8100, ``"yes"`` -> true) and validated like a literal one; a value that
 does not convert is reported with the file, line, template, host and what it rendered to. Each
