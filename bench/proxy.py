@@ -23,7 +23,8 @@ The targets take turns (each repeat runs every target once), so a drift in the m
 Everything listens on 127.0.0.1 and stops by itself. Then come the ratio against nginx-default,
 the ratio against nginx-tuned turn by turn (each pair of runs met the same machine speed), and
 last the summary, against nginx-tuned (the harder comparison) as a ratio of the medians:
-``proxy: X req/s = R% of nginx, N× LiteLLM; +P ms p50 at c=1; C coalesced chunks``
+``proxy: X req/s = R% of nginx, N× LiteLLM; +P ms p50 at c=1; C coalesced chunks``, and the
+same proxy under uvicorn (``proxy-uvicorn``: ``python -m proxy --server uvicorn``) beside it.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ NGINX_ACCESS_LOG = (
     "  access_log @DIR@/@NAME@-access.log line buffer=64k flush=1s;"
 )
 REQUEST = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-ALL_TARGETS = ("direct", "nginx-default", "nginx-tuned", "proxy", "litellm")
+ALL_TARGETS = ("direct", "nginx-default", "nginx-tuned", "proxy", "proxy-uvicorn", "litellm")
 
 NGINX_UPSTREAM = """
 worker_processes 1;
@@ -367,7 +368,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
-    names = ("upstream", "sse", "nginx-default", "nginx-tuned", "proxy", "litellm")
+    names = ("upstream", "sse", "nginx-default", "nginx-tuned", "proxy", "proxy-uvicorn", "litellm")
     ports = {name: free_port() for name in names}
     nginx_workers = args.nginx_workers or args.workers
     wanted = set(args.targets)
@@ -415,12 +416,15 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     env["PYTHONPATH"] = str(REPO)
     if "proxy" in wanted:
         processes.start(proxy_argv, tmp / "proxy.log", env=env)
+    if "proxy-uvicorn" in wanted:
+        start_uvicorn_proxy(proxy_argv, ports["proxy-uvicorn"], tmp, processes, env)
 
     every = {
         "direct": f"{upstream_url}/v1/chat/completions",
         "nginx-default": f"http://127.0.0.1:{ports['nginx-default']}/v1/chat/completions",
         "nginx-tuned": f"http://127.0.0.1:{ports['nginx-tuned']}/v1/chat/completions",
         "proxy": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+        "proxy-uvicorn": f"http://127.0.0.1:{ports['proxy-uvicorn']}/v1/chat/completions",
     }
     targets = {name: url for name, url in every.items() if name in wanted}
     scripts = {name: wrk_script(tmp / "post.lua") for name in targets}
@@ -435,8 +439,9 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     for name in ("nginx-default", "nginx-tuned"):
         if name in targets:
             wait_ok(f"http://127.0.0.1:{ports[name]}/")
-    if "proxy" in targets:
-        wait_ok(f"http://127.0.0.1:{ports['proxy']}/health")
+    for name in ("proxy", "proxy-uvicorn"):
+        if name in targets:
+            wait_ok(f"http://127.0.0.1:{ports[name]}/health")
 
     logging = "off for both" if args.no_access_log else "a JSON line per request for both"
     print(
@@ -476,6 +481,7 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
             "nginx-default": f"http://127.0.0.1:{ports['nginx-default']}/sse/v1/chat/completions",
             "nginx-tuned": f"http://127.0.0.1:{ports['nginx-tuned']}/sse/v1/chat/completions",
             "proxy": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+            "proxy-uvicorn": f"http://127.0.0.1:{ports['proxy-uvicorn']}/v1/chat/completions",
         }
         print(
             f"\nstreaming: {args.chunks} chunks {args.interval * 1000:g} ms apart,"
@@ -494,6 +500,7 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
                 f" {stream.received:>9} {stream.coalesced:>10}"
             )
 
+    uvicorn_summary(targets, results, streams)
     if "proxy" not in targets:
         return 0
     ours = results["proxy", 16]
@@ -536,6 +543,36 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         f"{added:+.2f} ms p50 at c=1; {coalesced} coalesced chunks"
     )
     return 0
+
+
+def start_uvicorn_proxy(
+    proxy_argv: list[str], port: int, tmp: Path, processes: Processes, env: dict[str, str]
+) -> None:
+    """The same proxy, same routes and workers, served by uvicorn (the proxy as an ASGI app)."""
+    argv = [*proxy_argv, "--server", "uvicorn"]
+    argv[argv.index("--port") + 1] = str(port)
+    processes.start(argv, tmp / "proxy-uvicorn.log", env=env)
+
+
+def uvicorn_summary(
+    targets: dict[str, str], results: dict[tuple[str, int], Load], streams: dict[str, Streaming]
+) -> None:
+    """``proxy-uvicorn: X req/s = R% of the builtin server, S% of nginx; +P ms p50 at c=1; C
+    coalesced chunks``, for what is measured."""
+    if "proxy-uvicorn" not in targets:
+        return
+    theirs = results["proxy-uvicorn", 16]
+    parts = [f"{theirs.rps:.0f} req/s"]
+    for name, label in (("proxy", "the builtin server"), ("nginx-tuned", "nginx")):
+        if name in targets:
+            parts.append(f"{100 * theirs.rps / results[name, 16].rps:.0f}% of {label}")
+    line = "proxy-uvicorn: " + ", ".join(parts)
+    if "direct" in targets:
+        added = results["proxy-uvicorn", 1].p50_ms - results["direct", 1].p50_ms
+        line += f"; {added:+.2f} ms p50 at c=1"
+    if "proxy-uvicorn" in streams:
+        line += f"; {streams['proxy-uvicorn'].coalesced} coalesced chunks"
+    print(line)
 
 
 def start_litellm(

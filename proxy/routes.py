@@ -13,6 +13,7 @@ The file is YAML, written by toolkit or by hand::
     max_body_bytes: 16777216      # optional
     health_interval: 5            # optional, seconds between active health checks
     keepalive_timeout: 75         # optional, seconds an idle client connection is kept open
+    tls: {cert: /etc/toolkit/proxy.crt, key: /etc/toolkit/proxy.key}  # optional: speak HTTPS
 
 Every mistake is reported as ``RoutesError("file:line: message")``, using PyYAML's node marks.
 This module needs only PyYAML and the standard library: it is parsed once per (re)load, never on
@@ -58,6 +59,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The proxy's certificate (PEM, the chain after it) and its private key (PEM)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class ModelRoute:
     name: str
     backends: tuple[BackendSpec, ...]
@@ -74,6 +83,7 @@ class Routes:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     health_interval: float = DEFAULT_HEALTH_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    tls: TlsFiles | None = None  # read at start only: a new certificate takes a restart
 
     def lookup(self) -> dict[str, ModelRoute]:
         """Every name a client may send (model names and aliases) -> its route."""
@@ -168,7 +178,14 @@ class _Reader:
         top = self.mapping(
             root,
             "the routes file",
-            ("models", "keys_file", "max_body_bytes", "health_interval", "keepalive_timeout"),
+            (
+                "models",
+                "keys_file",
+                "max_body_bytes",
+                "health_interval",
+                "keepalive_timeout",
+                "tls",
+            ),
         )
         if "models" not in top:
             raise self.error(root, "the routes file needs a 'models' mapping")
@@ -199,7 +216,20 @@ class _Reader:
         if "keepalive_timeout" in top:
             keepalive = float(self.number(top["keepalive_timeout"], "keepalive_timeout"))
             routes = replace(routes, keepalive_timeout=keepalive)
+        if "tls" in top:
+            routes = replace(routes, tls=self.tls(top["tls"]))
         return routes
+
+    def tls(self, node: yaml.Node) -> TlsFiles:
+        fields = self.mapping(node, "tls", ("cert", "key"))
+        for name in ("cert", "key"):
+            if name not in fields:
+                raise self.error(node, f"tls needs '{name}' (a PEM file)")
+        paths = []
+        for name in ("cert", "key"):
+            path = Path(self.string(fields[name], f"tls.{name}"))
+            paths.append(path if path.is_absolute() else self.path.parent / path)
+        return TlsFiles(cert=paths[0], key=paths[1])
 
     def model(self, name: str, node: yaml.Node) -> ModelRoute:
         what = f"model {name!r}"

@@ -25,9 +25,12 @@ from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable,
 from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
+from toolkit.preflight import check_disk, check_memory
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.resources.model import ModelFile
 from toolkit.runtimes import binaries
 from toolkit.site import Play, Site
+from toolkit.workstation import cache_dir
 
 MARK = "@@toolkit@@"
 
@@ -39,6 +42,7 @@ class HostResult:
     address: str = ""  # where the host is reached (its endpoint's address)
     changes: list[Change] = field(default_factory=list)
     ok: int = 0
+    applied: int = 0  # changes applied (fewer than changes when one failed, none under --check)
     failed: bool = False
     unreachable: bool = False
     error: str = ""
@@ -148,8 +152,7 @@ class FactsCache:
     """
 
     def __init__(self, root: Path | None = None):
-        state = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        self.root = root or Path(os.environ.get("TOOLKIT_CACHE_DIR") or f"{state}/toolkit")
+        self.root = root or cache_dir()
 
     def _path(self, host: Host, data_dir: str | None) -> Path:
         key = f"{host.name}@{host.address}:{host.port}:{data_dir or ''}".replace("/", "_")
@@ -216,12 +219,15 @@ class Engine:
         self.connections: dict[str, Connection] = {}
 
     def connection(self, host: Host) -> Connection:
+        if host.unsupported:  # a docker/winrm/... host: refused when a play targets it
+            raise HostUnreachable(host.unsupported)
         if host.name not in self.connections:
-            self.connections[host.name] = connect(
+            conn = connect(
                 host,
                 host_key_policy=self.options.host_key_policy,
                 become_password=self.become_password,
             )
+            self.connections[host.name] = self.reporter.traced(host.name, conn)  # -vv, -vvv
         return self.connections[host.name]
 
     def run(self) -> list[HostResult]:
@@ -302,6 +308,9 @@ class Engine:
                 pending.add(resource.id)
                 result.changes.append(change)
                 self.reporter.change(host.name, change, planned=self.options.check)
+        if result.changes:
+            ctx.preflight = self.preflight(play, facts, result.changes)
+            ctx.preflight()
         if self.options.check:
             return
         if not result.changes:
@@ -313,8 +322,27 @@ class Engine:
             ctx.sh('mkdir -p "$TK_DATA"', "creating the data dir")
         for change in result.changes:
             self.reporter.step(host.name, change)
+            started = time.monotonic()
             change.resource.apply(change, ctx)
+            result.applied += 1
+            self.reporter.step_done(host.name, change, time.monotonic() - started)
         self.verify(ctx, design, result)
+
+    @staticmethod
+    def preflight(play: Play, facts: Facts, changes: list[Change]):
+        """Memory and disk checks of the host's models, with what is known of them now (their
+        files' size and header once they are in the workstation's store)."""
+        placing = [
+            c.resource.model
+            for c in changes
+            if isinstance(c.resource, ModelFile) and c.data in ("place", "replace")
+        ]
+
+        def check() -> None:
+            check_memory(play.models, facts)
+            check_disk(placing, play.models, facts, play.max_disk_gb)
+
+        return check
 
     def verify(self, ctx: HostContext, design: HostDesign, result: HostResult) -> None:
         """Wait on every service's health check, then one chat request per model via the proxy."""
