@@ -149,6 +149,8 @@ def test_apply_installs_with_pkg_and_a_real_completion_comes_through_the_proxy(p
     assert f"{bed.prefix}/bin/llama-server -m " in run
     assert " -c 2048 " in run and f" -t {os.cpu_count()} " in run  # the phone's defaults
     assert "svlogd -tt" in (link / "log/run").read_text()
+    routes = (bed.host.home / ".local/share/toolkit/proxy/routes.yml").read_text()
+    assert '"max_context": 2048' in routes  # the proxy knows the phone's context
     # runsvdir was started detached, in a session of its own: it outlives the SSH connection
     (runsvdir,) = [p for p, cmd in bed.processes().items() if "runsvdir" in cmd]
     stat = Path(f"/proc/{runsvdir}/stat").read_text().rsplit(")", 1)[1].split()

@@ -23,6 +23,7 @@ the playbook sets them.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -225,18 +226,15 @@ class LlamaCpp(Runtime):
 
     def serve(self, install, models, ports: Ports, data_dir: str) -> list[Served]:
         served = []
+        defaults = install.details.get("defaults") or {}
         for model, placed in models:
+            if defaults:  # the host's defaults (a phone's) where the playbook sets none
+                model = replace(model, args={**defaults, **model.args})
             port = ports.take(model.port)
             service = Service(
                 name=engine_service_name(model),
                 description=f"llama.cpp serving {model.name}",
-                argv=server_argv(
-                    install.details["server"],
-                    model,
-                    _path(placed, data_dir),
-                    port,
-                    install.details.get("defaults"),
-                ),
+                argv=server_argv(install.details["server"], model, _path(placed, data_dir), port),
                 workdir=data_dir,
                 health_url=f"http://127.0.0.1:{port}{HEALTH_PATH}",
             )
@@ -278,12 +276,9 @@ def model_capabilities(model: ModelSpec) -> dict:
     return found
 
 
-def server_argv(
-    server: list[str], model: ModelSpec, model_path: str, port: int, defaults: dict | None = None
-) -> list[str]:
-    """llama-server's command line for one model; every playbook arg maps to one flag.
-    ``defaults``: args the host's install suggests (a phone's) where the playbook sets none."""
-    args = {**(defaults or {}), **model.args}
+def server_argv(server: list[str], model: ModelSpec, model_path: str, port: int) -> list[str]:
+    """llama-server's command line for one model; every playbook arg maps to one flag."""
+    args = model.args
     argv = [*server, "-m", model_path, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--alias", model.name]
     if "ctx_size" in args:
