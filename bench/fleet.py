@@ -160,19 +160,13 @@ class Site:
                     }
                 )
         routes = []
-        for endpoint in design.endpoints:
-            args = endpoint.model.args
-            capabilities = {}
-            if "ctx_size" in args:
-                capabilities["max_context"] = args["ctx_size"] // max(1, args.get("parallel", 1))
+        for item in design.served:
             routes.append(
                 {
-                    "name": endpoint.model.name,
-                    "aliases": endpoint.model.aliases,
-                    "backends": [
-                        {"url": f"http://127.0.0.1:{endpoint.port}", "runtime": "llamacpp"}
-                    ],
-                    "capabilities": capabilities,
+                    "name": item.model.name,
+                    "aliases": item.model.aliases,
+                    "backends": [item.backend],
+                    "capabilities": item.capabilities,
                 }
             )
         return {

@@ -127,7 +127,7 @@ def test_bad_digest_is_refused(store: ModelStore) -> None:
         ({"hf": "org/repo", "file": "x.gguf", "branch": "main"}, "unknown key 'branch'"),
         ({"url": "ftp://host/x.gguf"}, "http"),
         ({"path": "/a", "url": "http://b/c"}, "exactly one of"),
-        ({"ollama": "llama3.2:1b"}, "Ollama"),
+        ({"ollama": "llama3.2:1b"}, "exactly one of pypi, hf, url, path; found ollama"),
         ({"pypi": "--index-url=http://elsewhere/"}, "package name"),
         ({"pypi": "ok-name", "version": "1.0 --pre"}, "version"),
     ],

@@ -62,7 +62,7 @@ CASES = {
     "two sources": (
         "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
         "      source: {pypi: x, hf: y}\n",
-        "6:15", "must name exactly one of pypi, hf, url, path, ollama",
+        "6:15", "must name exactly one of pypi, hf, url, path",
     ),
     "misspelt source kind": (
         "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"

@@ -7,7 +7,6 @@ services last (they restart when any of their inputs changed in this run).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,25 +16,22 @@ from toolkit.hosts.facts import Facts
 from toolkit.inventory import Host
 from toolkit.resources.base import HostContext, Resource
 from toolkit.resources.files import File, Tree
-from toolkit.resources.model import ModelFile, model_relpath
+from toolkit.resources.model import ModelFile
 from toolkit.resources.runtime import Virtualenv
 from toolkit.resources.service import Services
-from toolkit.runtimes import llamacpp
+from toolkit.runtimes import RUNTIMES
+from toolkit.runtimes.base import Install, Ports, Served
 from toolkit.services.definition import Service
 from toolkit.services.manager import ServiceManager
 from toolkit.services.supervisor import Supervisor
 from toolkit.services.systemd import Systemd
 from toolkit.services.termux import Termux
-from toolkit.site import ModelSpec, Play
+from toolkit.site import Play
 from toolkit.templates import render
 
 HEALTH_CHECK = Path(__file__).with_name("services") / "health_check.py"
 HEALTH_CHECK_RELPATH = "bin/health_check.py"
 ROUTES_RELPATH = "proxy/routes.yml"
-
-
-def service_name(model: ModelSpec) -> str:
-    return "engine-" + re.sub(r"[^A-Za-z0-9-]", "-", model.name)
 
 
 def choose_manager(play: Play, facts: Facts) -> ServiceManager:
@@ -59,48 +55,37 @@ def choose_manager(play: Play, facts: Facts) -> ServiceManager:
 
 
 @dataclass
-class Endpoint:
-    """A model as served on one host: the engine's port and the proxy in front of it."""
-
-    model: ModelSpec
-    port: int
-    service: Service
-
-
-@dataclass
 class HostDesign:
     """What a host should run, decided from the play and the host's facts."""
 
     resources: list[Resource]
-    endpoints: list[Endpoint]
+    served: list[Served]  # one per model, in the play's order
     services: list[Service]
     manager: ServiceManager
     proxy_port: int | None
-    resolved: dict
+    installs: dict[str, Install]  # runtime name -> how it is installed here
+
+    @property
+    def pip(self) -> list[str]:
+        return sorted({r for install in self.installs.values() for r in install.pip})
+
+
+def copied(relpath: str, source: Path, mode: int = 0o644) -> File:
+    return File(relpath, lambda ctx: source.read_bytes(), mode)
 
 
 def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
     data = facts.data_dir
     if not data:
         raise ToolkitError("the host did not report its data dir (is $HOME set?)")
-    resolved: dict = {"llamacpp_pip": []}
-    install = None
-    if "llamacpp" in play.runtimes:
-        install = llamacpp.resolve_install(play.runtimes["llamacpp"], facts, data)
-        resolved["llamacpp_pip"] = install.pip_requirements
-        resolved["llamacpp"] = install.strategy
-    unsupported = [m.name for m in play.models if m.runtime != "llamacpp"]
-    if unsupported:
-        raise ToolkitError(
-            f"runtime of model(s) {', '.join(unsupported)} is not supported yet (llamacpp is)"
-        )
-
-    def copy(relpath: str, source: Path, mode: int = 0o644) -> File:
-        return File(relpath, lambda ctx: source.read_bytes(), mode)
-
-    code: list[File] = [copy(HEALTH_CHECK_RELPATH, HEALTH_CHECK)]
-    if install is not None and install.strategy == "pip":
-        code.append(copy(llamacpp.SHIM_RELPATH, llamacpp.SHIM))
+    installs = {
+        name: RUNTIMES[name].resolve(spec, facts, data) for name, spec in play.runtimes.items()
+    }
+    placed: dict[str, ModelFile] = {
+        model.name: ModelFile(model)
+        for model in play.models
+        if RUNTIMES[model.runtime].needs_file(model)
+    }
     proxy_code = Tree(
         "app/proxy",
         {
@@ -110,31 +95,37 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
         },
     )
     # Models first: a wrong checksum or an unreachable source fails the host before any install.
-    model_files = [ModelFile(model) for model in play.models]
-    resources: list[Resource] = [*model_files, Virtualenv(), *code, proxy_code]
+    resources: list[Resource] = [*placed.values()]
+    for install in installs.values():
+        resources += install.resources
+    resources += [Virtualenv(), copied(HEALTH_CHECK_RELPATH, HEALTH_CHECK)]
+    for install in installs.values():
+        resources += install.files
+    resources.append(proxy_code)
 
-    base_port = play.proxy.port + 1 if play.proxy else 8081
-    endpoints, services = [], []
-    taken = {play.proxy.port} if play.proxy else set()
-    for model, model_file in zip(play.models, model_files, strict=True):
-        port = model.port or base_port
-        while port in taken:
-            port += 1
-        taken.add(port)
-        service = Service(
-            name=service_name(model),
-            description=f"llama.cpp serving {model.name}",
-            argv=llamacpp.server_argv(install, model, f"{data}/{model_relpath(model)}", port),
-            workdir=data,
-            health_url=f"http://127.0.0.1:{port}{llamacpp.HEALTH_PATH}",
-            inputs=[model_file.id, "runtime:venv"] + [c.id for c in code if "xllamacpp" in c.id],
-        )
-        endpoints.append(Endpoint(model, port, service))
-        services.append(service)
+    taken = {m.port for m in play.models if m.port} | ({play.proxy.port} if play.proxy else set())
+    ports = Ports(play.proxy.port + 1 if play.proxy else 8081, taken)
+    served: dict[str, Served] = {}
+    after_start: list[Resource] = []  # what needs the runtime's service up (imports, pulls)
+    for name, install in installs.items():
+        runtime = RUNTIMES[name]
+        mine = [(m, placed.get(m.name)) for m in play.models if m.runtime == name]
+        model_ids = {m.name: [] for m, _ in mine}
+        for model, file in mine:
+            extra = runtime.model_resources(install, model, file, data)
+            after_start += extra
+            model_ids[model.name] = ([file.id] if file else []) + [r.id for r in extra]
+        for item in runtime.serve(install, mine, ports, data):
+            for input_id in [*install.inputs, "runtime:venv", *model_ids[item.model.name]]:
+                if input_id not in item.service.inputs:
+                    item.service.inputs.append(input_id)
+            served[item.model.name] = item
+    ordered = [served[m.name] for m in play.models]
+    services = list({item.service.name: item.service for item in ordered}.values())
 
     if play.proxy:
         resources.append(
-            File(ROUTES_RELPATH, lambda ctx: render_routes(ctx, endpoints, play).encode())
+            File(ROUTES_RELPATH, lambda ctx: render_routes(ctx, ordered, play).encode())
         )
         services.append(
             Service(
@@ -173,26 +164,22 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
             by_name[owner.name].inputs.append(file.id)
     resources += definition_files
     resources.append(Services(manager, services, {f.id for f in definition_files}))
+    resources += after_start
     return HostDesign(
-        resources, endpoints, services, manager, play.proxy.port if play.proxy else None, resolved
+        resources, ordered, services, manager, play.proxy.port if play.proxy else None, installs
     )
 
 
-def render_routes(ctx: HostContext, endpoints: list[Endpoint], play: Play) -> str:
-    routes = []
-    for endpoint in endpoints:
-        args = endpoint.model.args
-        capabilities = {}
-        if "ctx_size" in args:  # llama.cpp splits the context between its parallel slots
-            capabilities["max_context"] = args["ctx_size"] // max(1, args.get("parallel", 1))
-        routes.append(
-            {
-                "name": endpoint.model.name,
-                "aliases": endpoint.model.aliases,
-                "backends": [{"url": f"http://127.0.0.1:{endpoint.port}", "runtime": "llamacpp"}],
-                "capabilities": capabilities,
-            }
-        )
+def render_routes(ctx: HostContext, served: list[Served], play: Play) -> str:
+    routes = [
+        {
+            "name": item.model.name,
+            "aliases": item.model.aliases,
+            "backends": [item.backend],
+            "capabilities": item.capabilities,
+        }
+        for item in served
+    ]
     return render(
         "routes.yml.j2",
         host=ctx.host.name,
@@ -202,17 +189,16 @@ def render_routes(ctx: HostContext, endpoints: list[Endpoint], play: Play) -> st
 
 
 def health_spec(design: HostDesign, deadline_s: float = 300) -> str:
-    """Input of health_check.py: the URLs to wait on, then one chat request per model."""
+    """Input of health_check.py: the URLs to wait on, then one request per model, of the kind
+    its runtime says proves it (chat, completion or embedding)."""
     spec = {
         "urls": [s.health_url for s in design.services if s.health_url],
         "deadline_s": deadline_s,
     }
     if design.proxy_port:
         spec["verify"] = [
-            {
-                "url": f"http://127.0.0.1:{design.proxy_port}/v1/chat/completions",
-                "model": endpoint.model.name,
-            }
-            for endpoint in design.endpoints
-        ]
+            {"url": f"http://127.0.0.1:{design.proxy_port}/v1", "model": item.model.name,
+             "kind": item.verify}
+            for item in design.served
+        ]  # fmt: skip
     return json.dumps(spec)

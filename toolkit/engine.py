@@ -22,10 +22,11 @@ from toolkit.desired import HEALTH_CHECK_RELPATH, HostDesign, design_host, healt
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connect import connect
 from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable, quote
-from toolkit.hosts.facts import FACTS_SCRIPT, Facts, parse_facts
+from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.runtimes import binaries
 from toolkit.site import Play, Site
 
 MARK = "@@toolkit@@"
@@ -102,7 +103,7 @@ def probe_script(
 ) -> str:
     """Facts, every resource's state and, when services should be up, their health check (no
     waiting) and one chat request per model: a converged host costs this one round trip."""
-    parts = [PRELUDE, data_dir_assignment(data_dir), FACTS_SCRIPT]
+    parts = [PRELUDE, data_dir_assignment(data_dir), FACTS_SCRIPT, binaries_probe(binaries())]
     for index, resource in enumerate(resources):
         parts.append(f"echo '{MARK} {index}'")
         parts.append(f"( {resource.probe(options) or ':'} ) 2>/dev/null")
@@ -176,7 +177,7 @@ def design_key(facts: Facts) -> tuple:
         facts.data_dir,
         facts.init_system,
         facts.uid == 0,
-        facts.binaries.get("llama-server"),
+        tuple(sorted(facts.binaries.items())),
         facts.python3,
     )
 
@@ -289,7 +290,7 @@ class Engine:
             data_dir=facts.data_dir,
             vars=variables,
             options=self.options,
-            resolved=design.resolved,
+            resolved={"pip": design.pip},
             progress=lambda label: self.reporter.progress(host.name, label),
         )
         pending: set[str] = set()

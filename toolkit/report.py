@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from toolkit.hosts.facts import Facts
+from toolkit.runtimes import RUNTIMES
 
 
 def _gib(kb: int) -> str:
@@ -57,11 +58,14 @@ class Reporter:
             return
         gpus = ", ".join(facts.gpus) or "no GPU"
         distro = f"{facts.distro} {facts.distro_version}".strip() or facts.os
-        runtime = design.resolved.get("llamacpp", "-")
+        runtimes = "".join(
+            f"; {RUNTIMES[name].label}: {install.strategy}"
+            + (f" ({install.reason})" if install.reason else "")
+            for name, install in design.installs.items()
+        )
         self._echo(
             f"{host}: {distro} {facts.arch}, {facts.cpus} CPUs, {_gib(facts.mem_kb)} RAM, "
-            f"{gpus}; services: {design.manager.name}; llama.cpp: {runtime}; "
-            f"data: {facts.data_dir}"
+            f"{gpus}; services: {design.manager.name}{runtimes}; data: {facts.data_dir}"
         )
 
     def change(self, host: str, change, planned: bool) -> None:
@@ -150,7 +154,7 @@ class Reporter:
             for model, v in r.verify.items():
                 if "latency_s" in v:
                     self._echo(
-                        f"{'':<24} {model}: chat {v['latency_s'] * 1000:.0f} ms, "
+                        f"{'':<24} {model}: {v.get('kind', 'chat')} {v['latency_s'] * 1000:.0f} ms, "
                         f"{v['tokens_per_s']} tokens/s"
                     )
         self._echo(f"\n{len(results)} host(s) in {seconds:.1f} s")
@@ -159,21 +163,16 @@ class Reporter:
         if self.json:
             return
         for r in results:
-            if (
-                r.failed
-                or r.design is None
-                or r.design.proxy_port is None
-                or not r.design.endpoints
-            ):
+            if r.failed or r.design is None or r.design.proxy_port is None or not r.design.served:
                 continue
             local = r.host in ("localhost", "127.0.0.1") or not r.address
             address = "127.0.0.1" if local else r.address
             if ":" in address:  # an IPv6 address
                 address = f"[{address}]"
             base = f"http://{address}:{r.design.proxy_port}/v1"
-            model = r.design.endpoints[0].model.name
+            model = r.design.served[0].model.name
             self._echo(f"\nEndpoint on {r.host}: {base}  (models: "
-                       + ", ".join(e.model.name for e in r.design.endpoints) + ")", bold=True)  # fmt: skip
+                       + ", ".join(e.model.name for e in r.design.served) + ")", bold=True)  # fmt: skip
             self._echo(
                 f"  curl {base}/completions -H 'Content-Type: application/json' \\\n"
                 f'    -d \'{{"model": "{model}", "prompt": "The capital of France is", '

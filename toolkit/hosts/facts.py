@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from toolkit.hosts.connection import quote
+
 # $TK_DATA is set by the caller (engine.probe_script) before this runs.
 FACTS_SCRIPT = r"""
 tk_fact() { printf '%s=%s\n' "$1" "$(printf '%s' "$2" | tr '\n\t' '  ')"; }
@@ -48,12 +50,20 @@ fi
 if [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = arm64 ]; then
   tk_fact gpu_apple "$(sysctl -n machdep.cpu.brand_string 2>/dev/null)"
 fi
-for tk_bin in llama-server ollama wasmedge; do
+"""
+
+
+def binaries_probe(names: list[str]) -> str:
+    """Shell reporting where each program is (``path_<name>``) and its version line: the
+    runtimes name the programs they look for (toolkit.runtimes.binaries)."""
+    if not names:
+        return ""
+    listed = " ".join(quote(name) for name in names)
+    return f"""for tk_bin in {listed}; do
   tk_path=$(command -v "$tk_bin" 2>/dev/null) || continue
   tk_fact "path_$tk_bin" "$tk_path"
   tk_fact "version_$tk_bin" "$("$tk_path" --version 2>&1 | grep -v '^$' | tail -n 1)"
-done
-"""
+done"""
 
 
 @dataclass

@@ -92,8 +92,6 @@ def source_kind(source: dict[str, Any]) -> str:
     """Which kind of source this is; ValueError naming the problem when it is none or several."""
     if not isinstance(source, dict):
         raise ValueError(f"a model source must be a mapping, got {type(source).__name__}")
-    if "ollama" in source:
-        raise ValueError("ollama sources are pulled by the host's Ollama, not fetched by toolkit")
     kinds = [key for key in _KINDS if key in source]
     if len(kinds) != 1:
         found = ", ".join(sorted(source)) or "nothing"

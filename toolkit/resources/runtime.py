@@ -1,5 +1,5 @@
-"""toolkit's virtualenv on a host: supervisor, the proxy's packages, and xllamacpp when the
-llama.cpp install strategy is ``pip``. Recorded requirements decide whether pip runs at all."""
+"""toolkit's virtualenv on a host: supervisor, the proxy's packages, and what the runtimes'
+installs ask for (a pip-installed engine). Recorded requirements decide whether pip runs at all."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def proxy_requirements() -> list[str]:
 
 
 def wanted_requirements(ctx: HostContext) -> list[str]:
-    wanted = {"supervisor", *proxy_requirements(), *ctx.resolved["llamacpp_pip"]}
+    wanted = {"supervisor", *proxy_requirements(), *ctx.resolved.get("pip", [])}
     return sorted(wanted)
 
 

@@ -59,18 +59,21 @@ class Served:
 
 
 class Ports:
-    """Engine ports on one host: the next free one from ``base``, or the one a model asks for."""
+    """Engine ports on one host: the port a model asks for (the playbook checks those differ),
+    else the next one from ``base`` that nothing asked for and nothing holds."""
 
     def __init__(self, base: int, taken: set[int]):
         self.next = base
-        self.taken = set(taken)
+        self.taken = set(taken)  # the proxy's port and every port a model asks for
 
     def take(self, wanted: int | None = None) -> int:
-        port = wanted or self.next
-        while port in self.taken:
-            port += 1
-        self.taken.add(port)
-        return port
+        if wanted:
+            self.taken.add(wanted)
+            return wanted
+        while self.next in self.taken:
+            self.next += 1
+        self.taken.add(self.next)
+        return self.next
 
 
 class Runtime:
@@ -79,6 +82,7 @@ class Runtime:
     name: str  # as the playbook writes it: runtimes.<name>, model runtime: <name>
     label: str  # as people say it: "llama.cpp"
     strategies: tuple[str, ...] = ("auto", "present")  # install: values the playbook may use
+    implemented: tuple[str, ...] | None = None  # those that work yet (None: all of them)
     keys: dict[str, Key] = {}  # keys under runtimes.<name> besides install
     args: dict[str, Key] = {}  # keys of a model's args:
     sources: dict[str, dict[str, Key]] = {}  # source kinds the runtime fetches itself

@@ -4,52 +4,130 @@ Strategies: ``present`` uses a ``llama-server`` already there (on PATH or at ``p
 puts the prebuilt ``xllamacpp`` wheel (llama.cpp's own server, compiled) into toolkit's
 virtualenv and starts it through ``xllamacpp_server.py``, which takes llama-server's flags.
 ``auto`` picks ``present`` when a llama-server is found, else ``pip``.
+
+One ``llama-server`` per model, on its own port; health on ``/health`` (503 while loading).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolkit.errors import ToolkitError
-from toolkit.hosts.facts import Facts
-from toolkit.site import ModelSpec, RuntimeSpec
+from toolkit.resources.files import File
+from toolkit.runtimes.base import Install, Ports, Runtime, Served
+from toolkit.schema import Key
+from toolkit.services.definition import Service
+
+if TYPE_CHECKING:
+    from toolkit.hosts.facts import Facts
+    from toolkit.positions import PosDict
+    from toolkit.resources.model import ModelFile
+    from toolkit.site import ModelSpec, RuntimeSpec
 
 SHIM = Path(__file__).with_name("xllamacpp_server.py")
 SHIM_RELPATH = "bin/xllamacpp_server.py"
-PIP_REQUIREMENTS = ["xllamacpp"]
+HEALTH_PATH = "/health"  # 503 while loading, 200 when ready
+SERVER = "llama-server"
 
 
-@dataclass
-class LlamaCppInstall:
-    strategy: str  # "present" | "pip"
-    server: list[str]  # argv prefix that starts a llama-server
-
-    @property
-    def pip_requirements(self) -> list[str]:
-        return PIP_REQUIREMENTS if self.strategy == "pip" else []
+def engine_service_name(model: ModelSpec) -> str:
+    return "engine-" + re.sub(r"[^A-Za-z0-9-]", "-", model.name)
 
 
-def resolve_install(spec: RuntimeSpec, facts: Facts, data_dir: str) -> LlamaCppInstall:
-    found = spec.path or facts.binaries.get("llama-server")
-    if spec.install == "present" or (spec.install == "auto" and found):
-        if not found:
-            raise ToolkitError(
-                "llama.cpp install: present, but no llama-server on PATH; set runtimes.llamacpp.path "
-                "or use install: pip"
+class LlamaCpp(Runtime):
+    name = "llamacpp"
+    label = "llama.cpp"
+    strategies = ("auto", "present", "pip", "package", "release", "source")
+    implemented = ("auto", "present", "pip")
+    keys = {"path": Key((str,))}
+    args = {
+        "ctx_size": Key((int,)),
+        "parallel": Key((int,)),
+        "n_gpu_layers": Key((int,)),
+        "threads": Key((int,)),
+        "chat_template": Key((str,)),
+        "jinja": Key((bool,)),
+        "embedding": Key((bool,)),
+        "pooling": Key((str,), choices=("none", "mean", "cls", "last", "rank")),
+        "extra": Key((list,)),
+    }
+    binaries = (SERVER,)
+    # smallest value of each numeric arg (ctx_size 0: the model's own trained context)
+    minimums = {"ctx_size": 0, "parallel": 1, "threads": 1, "n_gpu_layers": -1}
+
+    def check_model(self, model: ModelSpec, conf: PosDict) -> None:
+        args = conf.get("args") or {}
+        for key, least in self.minimums.items():
+            if key in args and args[key] < least:
+                raise args.vpos_of(key).error(
+                    f'{key} of model "{model.name}" must be at least {least}, got {args[key]}'
+                )
+
+    def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
+        found = spec.conf.get("path") or facts.binaries.get(SERVER)
+        if spec.install == "present" or (spec.install == "auto" and found):
+            if not found:
+                raise ToolkitError(
+                    "llama.cpp install: present, but no llama-server on PATH; set "
+                    "runtimes.llamacpp.path or use install: pip"
+                )
+            where = "at path:" if spec.conf.get("path") else "on PATH"
+            return Install("present", f"llama-server {where} {found}", details={"server": [found]})
+        if spec.install in ("pip", "auto"):
+            why = "no llama-server found" if spec.install == "auto" else "asked for"
+            shim = File(SHIM_RELPATH, lambda ctx: SHIM.read_bytes())
+            return Install(
+                "pip",
+                f"xllamacpp wheel in toolkit's virtualenv ({why})",
+                pip=["xllamacpp"],
+                files=[shim],
+                details={"server": [f"{data_dir}/venv/bin/python", f"{data_dir}/{SHIM_RELPATH}"]},
             )
-        return LlamaCppInstall("present", [found])
-    if spec.install in ("pip", "auto"):
-        return LlamaCppInstall("pip", [f"{data_dir}/venv/bin/python", f"{data_dir}/{SHIM_RELPATH}"])
-    raise ToolkitError(f"llama.cpp install strategy {spec.install!r} is not supported yet")
+        raise ToolkitError(f"llama.cpp install strategy {spec.install!r} is not supported yet")
+
+    def serve(self, install, models, ports: Ports, data_dir: str) -> list[Served]:
+        served = []
+        for model, placed in models:
+            port = ports.take(model.port)
+            service = Service(
+                name=engine_service_name(model),
+                description=f"llama.cpp serving {model.name}",
+                argv=server_argv(install.details["server"], model, _path(placed, data_dir), port),
+                workdir=data_dir,
+                health_url=f"http://127.0.0.1:{port}{HEALTH_PATH}",
+            )
+            served.append(
+                Served(
+                    model,
+                    port,
+                    service,
+                    backend={"url": f"http://127.0.0.1:{port}", "runtime": self.name},
+                    capabilities=capabilities(model),
+                    verify="embedding" if model.args.get("embedding") else "chat",
+                )
+            )
+        return served
 
 
-def server_argv(
-    install: LlamaCppInstall, model: ModelSpec, model_path: str, port: int
-) -> list[str]:
+def _path(placed: ModelFile | None, data_dir: str) -> str:
+    assert placed is not None, "llama.cpp serves files toolkit placed"
+    return f"{data_dir}/{placed.relpath}"
+
+
+def capabilities(model: ModelSpec) -> dict:
+    args = model.args
+    if "ctx_size" not in args or args["ctx_size"] <= 0:
+        return {}
+    # llama.cpp splits the context between its parallel slots
+    return {"max_context": args["ctx_size"] // max(1, args.get("parallel", 1))}
+
+
+def server_argv(server: list[str], model: ModelSpec, model_path: str, port: int) -> list[str]:
     """llama-server's command line for one model; every playbook arg maps to one flag."""
     args = model.args
-    argv = [*install.server, "-m", model_path, "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*server, "-m", model_path, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--alias", model.name]
     if "ctx_size" in args:
         argv += ["-c", str(args["ctx_size"])]
@@ -64,10 +142,11 @@ def server_argv(
     if "chat_template" in args:
         argv += ["--chat-template", args["chat_template"]]
     if args.get("embedding"):
-        argv.append("--embedding")
+        # OpenAI clients expect one vector per input: llama.cpp's default pooling for a
+        # generative model gives none, so embeddings need a pooling type (mean unless set).
+        argv += ["--embedding", "--pooling", args.get("pooling", "mean")]
+    elif "pooling" in args:
+        argv += ["--pooling", args["pooling"]]
     argv.append("--metrics")
     argv += [str(a) for a in args.get("extra", [])]
     return argv
-
-
-HEALTH_PATH = "/health"  # 503 while loading, 200 when ready

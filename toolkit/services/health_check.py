@@ -2,11 +2,14 @@
 
 toolkit copies this file to the host and runs it with the virtualenv's Python, because services
 listen on the host's loopback. Standard library only. Prints one JSON object:
-``{"health": {url: status}, "verify": {model: {latency_s, tokens, tokens_per_s, text}}}``;
+``{"health": {url: status}, "verify": {model: {kind, latency_s, tokens, tokens_per_s, text}}}``;
 exits 1 when a service is not healthy by the deadline or a verification request fails.
 
+Each model is proved with the request its role implies: ``chat`` (/chat/completions),
+``completion`` (/completions) or ``embedding`` (/embeddings, which must return a vector).
+
 Usage: health_check.py SPEC_JSON   with SPEC = {"urls": [...], "deadline_s": 300,
-        "verify": [{"url": "http://127.0.0.1:8080/v1/chat/completions", "model": "m"}]}
+        "verify": [{"url": "http://127.0.0.1:8080/v1", "model": "m", "kind": "chat"}]}
 """
 
 from __future__ import annotations
@@ -43,18 +46,41 @@ def wait_healthy(urls: list[str], deadline_s: float) -> dict[str, int]:
         delay = min(delay * 2, 1.0)
 
 
-def chat_once(url: str, model: str, deadline: float) -> dict:
-    """One chat request; a 503 with Retry-After (the proxy's backend is still in its cool-off
+def verify_once(url: str, model: str, kind: str, deadline: float) -> dict:
+    """One request of ``kind``; a 503 with Retry-After (the proxy's backend is still in its cool-off
     after a restart) is retried after that many seconds while the deadline allows."""
     while True:
         try:
-            return _chat(url, model)
+            return REQUESTS[kind](url, model)
         except urllib.error.HTTPError as exc:
             wait = exc.headers.get("Retry-After", "") if exc.code == 503 else ""
             if not wait.isdigit() or time.monotonic() + int(wait) >= deadline:
                 raise
             exc.close()
             time.sleep(max(int(wait), 0.2))
+
+
+def _post(url: str, body: dict) -> tuple[dict, float]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        reply = json.load(response)
+    return reply, time.monotonic() - started
+
+
+def _answer(reply: dict, latency: float, text: str, kind: str) -> dict:
+    if not text.strip():
+        raise ValueError("empty answer")
+    tokens = int(reply.get("usage", {}).get("completion_tokens") or 0)
+    return {
+        "kind": kind,
+        "latency_s": round(latency, 3),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / latency, 1) if latency > 0 else 0.0,
+        "text": text[:200],
+    }
 
 
 def _chat(url: str, model: str) -> dict:
@@ -64,23 +90,27 @@ def _chat(url: str, model: str) -> dict:
         "max_tokens": 32,
         "temperature": 0,
     }
-    request = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    started = time.monotonic()
-    with urllib.request.urlopen(request, timeout=120) as response:
-        reply = json.load(response)
-    latency = time.monotonic() - started
-    tokens = int(reply.get("usage", {}).get("completion_tokens") or 0)
-    text = reply["choices"][0]["message"].get("content") or ""
-    if not text.strip():
-        raise ValueError("empty answer")
-    return {
-        "latency_s": round(latency, 3),
-        "tokens": tokens,
-        "tokens_per_s": round(tokens / latency, 1) if latency > 0 else 0.0,
-        "text": text[:200],
-    }
+    reply, latency = _post(f"{url}/chat/completions", body)
+    return _answer(reply, latency, reply["choices"][0]["message"].get("content") or "", "chat")
+
+
+def _completion(url: str, model: str) -> dict:
+    body = {"model": model, "prompt": "The capital of France is", "max_tokens": 16,
+            "temperature": 0}  # fmt: skip
+    reply, latency = _post(f"{url}/completions", body)
+    return _answer(reply, latency, reply["choices"][0].get("text") or "", "completion")
+
+
+def _embedding(url: str, model: str) -> dict:
+    reply, latency = _post(f"{url}/embeddings", {"model": model, "input": "hello"})
+    vector = reply["data"][0]["embedding"]
+    if not isinstance(vector, list) or not vector or not isinstance(vector[0], (int, float)):
+        raise ValueError(f"no embedding vector in the answer: {str(reply)[:200]}")
+    return {"kind": "embedding", "latency_s": round(latency, 3), "tokens": 0,
+            "tokens_per_s": 0.0, "text": f"{len(vector)} dimensions"}  # fmt: skip
+
+
+REQUESTS = {"chat": _chat, "completion": _completion, "embedding": _embedding}
 
 
 def main() -> int:
@@ -93,7 +123,9 @@ def main() -> int:
     if ok:
         for item in spec.get("verify", []):
             try:
-                result["verify"][item["model"]] = chat_once(item["url"], item["model"], deadline)
+                result["verify"][item["model"]] = verify_once(
+                    item["url"], item["model"], item.get("kind", "chat"), deadline
+                )
             except (OSError, ValueError, KeyError, IndexError) as exc:
                 detail = exc.read().decode(errors="replace")[:300] if hasattr(exc, "read") else ""
                 result["verify"][item["model"]] = {"error": f"{exc} {detail}".strip()}
