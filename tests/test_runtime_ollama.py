@@ -249,7 +249,8 @@ def test_ollama_name_that_is_not_name_tag_is_refused(tmp_path, name, fragment):
 def test_ollama_args_are_checked(tmp_path):
     import yaml
 
-    model = {**IMPORTED, "source": {"path": "/x.gguf"}, "args": {"sytem": "x"}}
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    model = {**IMPORTED, "source": {"path": str(tmp_path / "x.gguf")}, "args": {"sytem": "x"}}
     path = tmp_path / "play.yml"
     path.write_text(yaml.safe_dump(play(8080, {}, [model])))
     (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n")

@@ -58,11 +58,12 @@ def write_play(tmp_path: Path, model_extra: dict, runtime: dict | None = None) -
     model = {
         "name": "m",
         "runtime": "wasmedge",
-        "source": {"path": "/nonexistent.gguf"},
+        "source": {"path": str(tmp_path / "m.gguf")},
         "sha256": GEMMA_SHA256,
         **model_extra,
     }
     play = [{"hosts": "all", "runtimes": {"wasmedge": runtime or {}}, "models": [model]}]
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
     path = tmp_path / "play.yml"
     path.write_text(yaml.safe_dump(play, sort_keys=False))
     (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n")
