@@ -381,10 +381,17 @@ def serve() -> None:
     server = ThreadingHTTPServer((host, port), make_handler(store, Engines()))
     server.daemon_threads = True
     print(f"Listening on {host}:{port} (version {VERSION}, stand-in)", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: stop(0))
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    os._exit(0)  # an engine loaded in this process has no clean stop
+    stop(0)
+
+
+def stop(code: int) -> None:
+    from standin_engine import stop_engines
+
+    stop_engines()
+    os._exit(code)
 
 
 def main(argv: list[str]) -> int:

@@ -2,14 +2,22 @@
 
 tests/runtime_releases.py copies this file into the stand-in release archives (beside the
 stand-in executables, under ``lib/``). ``start_engine`` runs llama.cpp's own HTTP server from the
-``xllamacpp`` wheel inside the stand-in's process on a free loopback port; ``forward`` passes an
-OpenAI request to it and streams the answer back unchanged. Standard library plus xllamacpp.
+``xllamacpp`` wheel in a child process on a free loopback port (as Ollama runs its bundled
+``lib/ollama/llama-server``; in-process, loading a model would stall the stand-in's own HTTP
+answers), and ``forward`` passes an OpenAI request to it and streams the answer back unchanged.
+``stop_engines`` ends the children. Standard library plus xllamacpp.
+
+Run as a program (the child): ``standin_engine.py GGUF ALIAS PORT CTX_SIZE [CHAT_TEMPLATE]``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,29 +38,21 @@ CHATML = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-_SERVERS: list = []  # native servers live as long as the process (they have no clean stop)
+_CHILDREN: list[subprocess.Popen] = []
 
 
-def start_engine(
-    gguf: str, alias: str, ctx_size: int = 2048, chat_template: str | None = None
-) -> str:
-    """Start llama.cpp on ``gguf``; returns its base URL once /health answers 200."""
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = gguf
-    params.hostnames = ["127.0.0.1"]
+def start_engine(gguf: str, alias: str, ctx_size: int = 2048, chat_template: str = "") -> str:
+    """Start llama.cpp on ``gguf`` in a child process; its base URL once /health answers 200."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        params.port = sock.getsockname()[1]
-    params.n_ctx = ctx_size
-    params.model_alias = {alias}
-    if chat_template:
-        params.chat_template = chat_template
-        params.use_jinja = True
-    _SERVERS.append(xllamacpp.Server(params))
-    url = f"http://127.0.0.1:{params.port}"
-    for _ in range(1200):  # bounded: at most ~2 minutes
+        port = sock.getsockname()[1]
+    argv = [sys.executable, __file__, gguf, alias, str(port), str(ctx_size), chat_template]
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    _CHILDREN.append(child)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1800):  # bounded: at most ~3 minutes on a busy machine
+        if child.poll() is not None:
+            raise RuntimeError(f"llama.cpp engine on {gguf} exited with {child.returncode}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as response:
                 if response.status == 200:
@@ -61,6 +61,20 @@ def start_engine(
             pass
         time.sleep(0.1)
     raise RuntimeError(f"llama.cpp engine on {gguf} did not become healthy")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when the stand-in dies, however it dies."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def stop_engines() -> None:
+    for child in _CHILDREN:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
 
 
 def forward(handler, url: str, request: dict) -> None:
@@ -83,3 +97,27 @@ def forward(handler, url: str, request: dict) -> None:
             handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             handler.wfile.flush()
         handler.wfile.write(b"0\r\n\r\n")
+
+
+def serve(gguf: str, alias: str, port: int, ctx_size: int, chat_template: str) -> None:
+    """The child: llama.cpp's server on 127.0.0.1:port until its parent stops it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = gguf
+    params.hostnames = ["127.0.0.1"]
+    params.port = port
+    params.n_ctx = ctx_size
+    params.model_alias = {alias}
+    if chat_template:
+        params.chat_template = chat_template
+        params.use_jinja = True
+    server = xllamacpp.Server(params)  # noqa: F841 - serves from its own threads
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    os._exit(0)  # the native server has no clean stop
+
+
+if __name__ == "__main__":
+    gguf, alias, port, ctx, template = (sys.argv[1:] + [""])[:5]
+    serve(gguf, alias, int(port), int(ctx), template)

@@ -15,6 +15,7 @@ from tests.conftest import GEMMA_SHA256
 from toolkit.desired import design_host
 from toolkit.hosts.facts import Facts
 from toolkit.inventory import Host
+from toolkit.resources.base import Change
 from toolkit.services.supervisor import Supervisor
 from toolkit.services.systemd import Systemd, unit_name
 from toolkit.services.termux import Termux
@@ -22,7 +23,7 @@ from toolkit.site import load_playbook
 from toolkit.templates import render
 
 
-def design(tmp_path: Path):
+def design(tmp_path: Path, **facts_given):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     playbook = tmp_path / "site.yml"
@@ -42,7 +43,8 @@ def design(tmp_path: Path):
     )
     play = load_playbook(playbook)[0]
     data = tmp_path / "data"
-    facts = Facts(os="Linux", arch="x86_64", data_dir=str(data), python3="/usr/bin/python3")
+    facts = Facts(os="Linux", arch="x86_64", data_dir=str(data), python3="/usr/bin/python3",
+                  **facts_given)  # fmt: skip
     result = design_host(play, Host("h", {}, ["all"]), facts)
     for service in result.services:  # systemd-analyze wants the programs to exist
         program = Path(service.argv[0])
@@ -78,7 +80,7 @@ def test_one_ollama_daemon_for_its_models_and_one_llamaedge_service_per_model(tm
 
 @pytest.mark.parametrize("system", [True, False])
 def test_units_pass_systemd_analyze_verify(tmp_path, system):
-    result = design(tmp_path)
+    result = design(tmp_path, uid=0 if system else 1000, systemd_system=system)
     assert shutil.which("systemd-analyze"), ".ci/run installs systemd for systemd-analyze"
     manager = Systemd(system=system)
     for definition in manager.definitions(result.services[:2], str(tmp_path), "h"):
@@ -92,6 +94,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path, system):
         assert verify.returncode == 0 and not problems, verify.stdout + verify.stderr
         assert "Restart=always" in unit.read_text()
     assert unit_name(result.services[0]) == "toolkit-ollama.service"
+    ollama_unit = (tmp_path / "toolkit-ollama.service").read_text()
+    assert ("User=ollama" in ollama_unit) == system  # as Ollama's installer, when root
+    assert ("user:ollama" in [r.id for r in result.resources]) == system
 
 
 def test_termux_run_scripts_are_valid_sh(tmp_path):
@@ -119,3 +124,39 @@ def test_supervisor_programs_parse_and_keep_the_command_line(tmp_path):
     for service in result.services[:2]:
         assert shlex.split(programs[service.name].command) == service.argv
         assert programs[service.name].environment == service.env
+
+
+def test_daemon_user_is_created_owns_its_folders_and_must_reach_the_binary(tmp_path):
+    """Real useradd/chown/runuser on this machine (as root), with a user of the tests' own."""
+    import os
+    import tempfile
+
+    from toolkit.errors import ToolkitError
+    from toolkit.hosts.connection import CommandFailed, LocalConnection
+    from toolkit.resources.base import HostContext, RunOptions
+    from toolkit.runtimes.ollama import DaemonUser
+
+    if os.geteuid() != 0:
+        pytest.fail("this test creates a system user: run the suite as root (as .ci/run does)")
+    ctx = HostContext(Host("h", {}, ["all"]), None, LocalConnection(), Facts(), str(tmp_path),
+                      {}, RunOptions())  # fmt: skip
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as open_dir:
+        os.chmod(open_dir, 0o755)
+        binary = Path(open_dir) / "bin/ollama"
+        binary.parent.mkdir()
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o755)
+        folders = [f"{open_dir}/models", f"{open_dir}/home"]
+        user = DaemonUser("tkollama", folders, str(binary))
+        probe = lambda: ctx.sh(user.probe(RunOptions()), "probe").stdout  # noqa: E731
+        change = user.plan(probe(), ctx, set())
+        assert change is not None
+        user.apply(change, ctx)
+        assert user.plan(probe(), ctx, set()) is None  # the user exists and owns both folders
+        assert all(Path(f).owner() == "tkollama" for f in folders)
+        closed = DaemonUser("tkollama", folders, str(tmp_path / "ollama"))  # under a 0700 folder
+        (tmp_path / "ollama").write_text("#!/bin/sh\n")
+        (tmp_path / "ollama").chmod(0o755)
+        with pytest.raises((ToolkitError, CommandFailed)) as caught:
+            closed.apply(Change(closed, "x"), ctx)
+        assert "cannot run" in str(caught.value) and "toolkit_data_dir" in str(caught.value)

@@ -182,7 +182,7 @@ def llama_api_server(version: str, argv: list[str], preloads: list[str]) -> int:
     sys.path.insert(0, str(PREFIX / "lib"))
     from standin_engine import CHATML, GEMMA, forward, start_engine
 
-    chat_template = {"gemma-instruct": GEMMA, "gemma-3": GEMMA, "chatml": CHATML}.get(template)
+    chat_template = {"gemma-instruct": GEMMA, "gemma-3": GEMMA, "chatml": CHATML}.get(template, "")
     ctx = int(args.ctx_size.split(",")[0])
     name = args.model_name.split(",")[0]
     engine = start_engine(models[aliases[0]], name, ctx, chat_template)
@@ -233,11 +233,17 @@ def llama_api_server(version: str, argv: list[str], preloads: list[str]) -> int:
     server = ThreadingHTTPServer((host, int(port)), Handler)
     server.daemon_threads = True
     print(f"[INFO] llama-api-server {version} (stand-in) listening on {host}:{port}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    from standin_engine import stop_engines
+
+    def stop(*_: object) -> None:
+        stop_engines()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     finally:
-        os._exit(0)  # the engine in this process has no clean stop
+        stop()
 
 
 if __name__ == "__main__":

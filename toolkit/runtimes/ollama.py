@@ -80,6 +80,7 @@ class Ollama(Runtime):
         "path": Key((str,)),  # present: the ollama binary
         "port": Key((int,)),  # the daemon's port (default: the next free engine port)
         "models_dir": Key((str,)),  # OLLAMA_MODELS (default: <data dir>/ollama/models)
+        "user": Key((str,)),  # systemd: the daemon's user (default: ollama when root)
     }
     args = {
         "template": Key((str,)),  # an import's chat template (Go template, as in a Modelfile)
@@ -121,6 +122,11 @@ class Ollama(Runtime):
         install = Install(strategy, files=[File(HELPER_RELPATH, lambda ctx: HELPER.read_bytes())])
         install.details["models_dir"] = conf.get("models_dir") or f"{data_dir}/ollama/models"
         install.details["conf_port"] = conf.get("port")
+        # As Ollama's installer: a dedicated user for the daemon when root runs systemd.
+        user = conf.get("user")
+        if user is None and facts.uid == 0 and facts.systemd_system and not facts.termux:
+            user = "ollama"
+        install.details["user"] = None if user == "root" else user
         if strategy == "present":
             if not found:
                 raise ToolkitError(
@@ -129,6 +135,7 @@ class Ollama(Runtime):
                 )
             install.reason = f"ollama found at {found}"
             install.details["binary"] = found
+            self._add_user(install, data_dir)
             return install
         if strategy == "package":
             raise ToolkitError(
@@ -159,7 +166,14 @@ class Ollama(Runtime):
         install.resources.append(Archive(release, dest))
         install.reason = f"release {version} for {arch}"
         install.details["binary"] = f"{data_dir}/{dest}/bin/ollama"
+        self._add_user(install, data_dir)
         return install
+
+    def _add_user(self, install: Install, data_dir: str) -> None:
+        user = install.details["user"]
+        if user:
+            folders = [install.details["models_dir"], f"{data_dir}/ollama"]
+            install.resources.append(DaemonUser(user, folders, install.details["binary"]))
 
     # -- models ------------------------------------------------------------------------------
 
@@ -188,6 +202,7 @@ class Ollama(Runtime):
             },
             health_url=f"http://127.0.0.1:{port}{HEALTH_PATH}",
             inputs=list(install.inputs),
+            user=install.details["user"],
         )
         served = []
         for model, _placed in models:
@@ -291,3 +306,39 @@ class OllamaModel(Resource):
             detail = error or (result.stderr.strip() or result.stdout.strip())[-500:]
             verb = "pull" if "pull" in spec else "import"
             raise ToolkitError(f"Ollama {verb} of {self.name} failed: {detail}")
+
+
+class DaemonUser(Resource):
+    """The system user the daemon runs as (systemd ``User=``), as Ollama's installer makes it,
+    owning the folders the daemon writes, and able to run the binary."""
+
+    def __init__(self, user: str, folders: list[str], binary: str):
+        self.user = user
+        self.folders = folders
+        self.binary = binary
+        self.id = f"user:{user}"
+
+    def probe(self, options: RunOptions) -> str:
+        owners = "; ".join(f"stat -c %U {quote(f)} 2>/dev/null || echo -" for f in self.folders)
+        return f"id -u {quote(self.user)} 2>/dev/null || echo -; {owners}"
+
+    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        lines = observed.split()
+        if not lines or lines[0] == "-":
+            return Change(self, f"create system user {self.user}")
+        if any(owner != self.user for owner in lines[1:]) or len(lines) <= len(self.folders):
+            return Change(self, f"give {self.user} its folders")
+        return None
+
+    def apply(self, change: Change, ctx: HostContext) -> None:
+        user, folders = quote(self.user), " ".join(quote(f) for f in self.folders)
+        ctx.sh(
+            f"id -u {user} >/dev/null 2>&1 || "
+            f"useradd -r -s /bin/false -U -m -d /usr/share/{user} {user} || exit 1\n"
+            f"mkdir -p {folders} && chown -R {user}:{user} {folders} || exit 1\n"
+            f"if command -v runuser >/dev/null 2>&1 && ! runuser -u {user} -- test -x "
+            f'{quote(self.binary)}; then echo "user {self.user} cannot run {self.binary}: a '
+            "folder on its path is closed to other users; set toolkit_data_dir to one they can "
+            f'enter (e.g. /opt/toolkit), or runtimes.ollama.user: root" >&2; exit 1; fi',
+            f"creating the {self.user} user",
+        )
