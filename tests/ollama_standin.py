@@ -108,19 +108,20 @@ class Store:
 
 
 class Engines:
-    """One llama.cpp engine per model, started on its first request (Ollama loads on demand)."""
+    """One llama.cpp engine per model blob, started on its first request (Ollama loads models on
+    demand); names that share a blob share its engine."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.urls: dict[str, str] = {}
+        self.urls: dict[Path, str] = {}
 
     def url_for(self, name: str, blob: Path) -> str:
         with self.lock:
-            if name not in self.urls:
+            if blob not in self.urls:
                 from standin_engine import start_engine
 
-                self.urls[name] = start_engine(str(blob), name)
-            return self.urls[name]
+                self.urls[blob] = start_engine(str(blob), name)
+            return self.urls[blob]
 
 
 def make_handler(store: Store, engines: Engines):
@@ -186,7 +187,8 @@ def make_handler(store: Store, engines: Engines):
             if self.path == "/api/tags":
                 return self.reply(200, {"models": [self.describe(n, p) for n, p in store.models()]})
             if self.path == "/api/ps":
-                return self.reply(200, {"models": [{"name": n} for n in engines.urls]})
+                loaded = [str(blob.name) for blob in engines.urls]
+                return self.reply(200, {"models": [{"name": n} for n in loaded]})
             if self.path == "/v1/models":
                 data = [
                     {"id": n, "object": "model", "created": int(p.stat().st_mtime),

@@ -110,6 +110,10 @@ def serve(gguf: str, alias: str, port: int, ctx_size: int, chat_template: str) -
     params.port = port
     params.n_ctx = ctx_size
     params.model_alias = {alias}
+    # One thread: llama.cpp's threads spin while they wait for each other, which on a shared
+    # 2-core test machine under load costs far more than the second thread gains.
+    params.cpuparams.n_threads = 1
+    params.cpuparams_batch.n_threads = 1
     if chat_template:
         params.chat_template = chat_template
         params.use_jinja = True
