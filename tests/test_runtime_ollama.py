@@ -263,3 +263,22 @@ def test_standin_blob_digest_mismatch_is_a_400(site):
     port = ollama_port(site)
     answer = httpx.post(f"http://127.0.0.1:{port}/api/blobs/sha256:{'0' * 64}", content=b"x")
     assert answer.status_code == 400 and "digest mismatch" in answer.json()["error"]
+
+
+def test_auto_uses_an_ollama_on_path_and_downloads_nothing():
+    from toolkit.site import RuntimeSpec
+
+    facts = Facts(os="Linux", arch="x86_64", binaries={"ollama": "/usr/local/bin/ollama"})
+    install = Ollama().resolve(RuntimeSpec("ollama", "auto", {}), facts, "/d")
+    assert install.strategy == "present" and "/usr/local/bin/ollama" in install.reason
+    assert install.resources == []  # nothing to install (not root under systemd: no user)
+
+
+def test_package_strategy_says_it_is_not_there_yet():
+    from toolkit.errors import ToolkitError
+    from toolkit.site import RuntimeSpec
+
+    with pytest.raises(ToolkitError, match="pkg install ollama"):
+        Ollama().resolve(
+            RuntimeSpec("ollama", "auto", {}), Facts(termux=True, arch="aarch64"), "/d"
+        )

@@ -256,3 +256,17 @@ def test_gguf_without_chat_template_needs_prompt_template_written(tmp_path, mirr
     assert result.returncode != 0, out
     assert re.search(rf"{re.escape(str(ws.playbook))}:\d+:\d+: .*has no chat template", out), out
     assert "prompt_template" in out
+
+
+def test_present_uses_the_found_wasmedge_and_its_plugin_folder():
+    from toolkit.hosts.facts import Facts
+    from toolkit.runtimes.wasmedge import WasmEdge
+    from toolkit.site import RuntimeSpec
+
+    facts = Facts(os="Linux", arch="x86_64", binaries={"wasmedge": "/opt/we/bin/wasmedge"})
+    install = WasmEdge().resolve(RuntimeSpec("wasmedge", "auto", {}), facts, "/d")
+    assert install.strategy == "present" and "/opt/we/bin/wasmedge" in install.reason
+    assert install.details["plugin_dir"] == "/opt/we/plugin"
+    assert [r.id for r in install.resources] == [
+        f"release-file:runtimes/llamaedge-{LLAMAEDGE}/llama-api-server.wasm"
+    ]

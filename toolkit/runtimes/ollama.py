@@ -96,10 +96,7 @@ class Ollama(Runtime):
         pulled = model.source.get("ollama")
         name = pulled if pulled is not None else model.name
         if not OLLAMA_NAME.match(name):
-            at = conf.vpos_of("source") if pulled is not None else conf.vpos_of("name")
-            source = conf.get("source")
-            if pulled is not None and hasattr(source, "vpos_of"):
-                at = source.vpos_of("ollama")
+            at = conf["source"].vpos_of("ollama") if pulled is not None else conf.vpos_of("name")
             what = "an Ollama model name" if pulled is not None else "a name Ollama accepts"
             raise at.error(
                 f'"{name}" is not {what} (name[:tag], lower case, e.g. gemma3:270m); '
@@ -297,14 +294,14 @@ class OllamaModel(Resource):
                 events.append(json.loads(line))
             except ValueError:
                 continue
-        progress = ctx.progress(f"{change.summary.split(' ')[0]} {self.name}")
+        verb = "pull" if "pull" in spec else "import"
+        progress = ctx.progress(f"{verb} {self.name}")
         for event in events:
             if progress and "total" in event:
                 progress(int(event.get("completed") or 0), int(event["total"]))
         if result.rc != 0 or not events or "result" not in events[-1]:
             error = events[-1].get("error") if events else None
             detail = error or (result.stderr.strip() or result.stdout.strip())[-500:]
-            verb = "pull" if "pull" in spec else "import"
             raise ToolkitError(f"Ollama {verb} of {self.name} failed: {detail}")
 
 
