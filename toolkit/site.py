@@ -93,6 +93,7 @@ class Play:
     proxy: ProxySpec | None
     vars: dict[str, Any]
     service_manager: str = "auto"
+    max_disk_gb: float | None = None  # quota for the model files of this play on each host
     raw: Any = field(default=None, repr=False)  # the play as written, rendered per host
     index: int = 0
 
@@ -202,6 +203,7 @@ PLAY_KEYS = {
     "models": Key((list,)),
     "proxy": Key((dict,)),
     "service_manager": Key((str,), choices=SERVICE_MANAGERS),
+    "max_disk_gb": Key((int, float)),
 }
 MODEL_KEYS = {
     "name": Key((str,), required=True),
@@ -224,6 +226,13 @@ def _port(value: int, at: Pos, what: str) -> int:
     if not 1 <= value <= 65535:
         raise at.error(f"{what} must be a port between 1 and 65535, got {value}")
     return value
+
+
+def _quota(conf: PosDict) -> float | None:
+    quota = conf.get("max_disk_gb")
+    if quota is not None and quota <= 0:
+        raise conf.vpos_of("max_disk_gb").error(f"max_disk_gb must be more than 0, got {quota}")
+    return quota
 
 
 def _workers(value: int, at: Pos) -> int:
@@ -379,6 +388,7 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
         proxy=proxy,
         vars=dict(conf.get("vars") or {}),
         service_manager=conf.get("service_manager", "auto"),
+        max_disk_gb=_quota(conf),
     )
 
 

@@ -51,7 +51,9 @@ class File(Resource):
         return Change(self, summary, diff, data=wanted)
 
     def apply(self, change: Change, ctx: HostContext) -> None:
-        ctx.conn.put_bytes(change.data, ctx.path(self.relpath), self.mode)
+        # Rendered again: what it depends on may have arrived since the plan (a model fetched
+        # earlier in this run brings the capabilities the routes file names).
+        ctx.conn.put_bytes(self.content(ctx), ctx.path(self.relpath), self.mode)
 
 
 class Tree(Resource):
