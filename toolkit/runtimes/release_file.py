@@ -42,7 +42,7 @@ class ReleaseFile(Resource):
         return Change(self, f"{verb} {self.release.filename}")
 
     def apply(self, change: Change, ctx: HostContext) -> None:
-        from toolkit.resources.model import controller_store
+        from toolkit.models.store import controller_store
 
         expected = self.release.sha256 or published_sha256(self.release)
         try:

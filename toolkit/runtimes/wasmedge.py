@@ -257,7 +257,7 @@ def prompt_template(model: ModelSpec) -> str:
         return model.args["prompt_template"]
     from toolkit.models.gguf import read_gguf
     from toolkit.models.sources import fetch
-    from toolkit.resources.model import controller_store
+    from toolkit.models.store import controller_store
 
     fetched = fetch(model.source, sha256=model.sha256, store=controller_store())
     info = read_gguf(fetched.path)
