@@ -28,6 +28,8 @@ def site(tmp_path_factory, gemma_gguf):
     plays = yaml.safe_load((REPO / "playbooks/runtimes.yml").read_text())
     port = free_port()
     plays[0]["proxy"]["port"] = port
+    llamacpp = next(m for m in plays[0]["models"] if m["runtime"] == "llamacpp")
+    llamacpp["args"]["threads"] = 1
     with ReleaseMirror() as mirror:
         mirror.add_ollama("0.31.1", {"gemma3:270m": str(gemma_gguf)})
         mirror.add_wasmedge("0.14.1")
