@@ -140,11 +140,10 @@ def test_second_apply_pulls_nothing_and_changes_nothing(site, mirror):
     assert len(mirror.gets()) == before  # neither the archive nor the model fetched again
 
 
-def test_pull_failing_midway_fails_that_host_with_ollamas_words_and_the_other_goes_on(
-    tmp_path, mirror
-):
-    """Two hosts (two data dirs on this machine): one pulls a model whose download breaks off,
-    the other one Ollama's library does not have. Each fails with Ollama's own message."""
+def test_each_host_whose_pull_fails_fails_with_ollamas_own_words(tmp_path, mirror):
+    """Two hosts (two data dirs on this machine), converged in parallel: one pulls a model whose
+    download breaks off, the other one Ollama's library does not have. Each fails with Ollama's
+    own message, neither stops the other."""
     hosts = {
         "midway": {"pull_name": "broken:1b", "proxy_port": free_port(), "ollama_port": free_port()},
         "unknown": {"pull_name": "nope:1b", "proxy_port": free_port(), "ollama_port": free_port()},
