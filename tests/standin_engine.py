@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 # Chat templates (Jinja, as llama.cpp takes them) for the prompt-template names the stand-ins meet.
 GEMMA = (
@@ -39,6 +40,9 @@ CHATML = (
 )
 
 _CHILDREN: list[subprocess.Popen] = []
+# Children are spawned from this one long-lived thread: the kernel's parent-death signal fires
+# when the spawning *thread* ends, and request threads end with their connection.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-spawner")
 
 
 def start_engine(gguf: str, alias: str, ctx_size: int = 2048, chat_template: str = "") -> str:
@@ -47,7 +51,9 @@ def start_engine(gguf: str, alias: str, ctx_size: int = 2048, chat_template: str
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     argv = [sys.executable, __file__, gguf, alias, str(port), str(ctx_size), chat_template]
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    child = _SPAWNER.submit(
+        subprocess.Popen, argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    ).result()
     _CHILDREN.append(child)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1800):  # bounded: at most ~3 minutes on a busy machine
