@@ -30,6 +30,7 @@ from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.model import ModelFile
 from toolkit.runtimes import binaries
 from toolkit.site import Play, Site
+from toolkit.workstation import cache_dir
 
 MARK = "@@toolkit@@"
 
@@ -150,8 +151,7 @@ class FactsCache:
     """
 
     def __init__(self, root: Path | None = None):
-        state = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        self.root = root or Path(os.environ.get("TOOLKIT_CACHE_DIR") or f"{state}/toolkit")
+        self.root = root or cache_dir()
 
     def _path(self, host: Host, data_dir: str | None) -> Path:
         key = f"{host.name}@{host.address}:{host.port}:{data_dir or ''}".replace("/", "_")

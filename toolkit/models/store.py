@@ -248,7 +248,6 @@ def _try_link(source: Path, target: Path) -> bool:
 
 def controller_store() -> ModelStore:
     """The workstation's store: ``$TOOLKIT_CACHE_DIR/models`` (default ``~/.cache/toolkit``)."""
-    cache = os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "toolkit"
-    )
-    return ModelStore(Path(cache) / "models")
+    from toolkit.workstation import cache_dir
+
+    return ModelStore(cache_dir() / "models")

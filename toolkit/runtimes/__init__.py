@@ -13,6 +13,7 @@ from toolkit.runtimes.wasmedge import WasmEdge
 RUNTIMES: dict[str, Runtime] = {
     runtime.name: runtime for runtime in (LlamaCpp(), Ollama(), WasmEdge())
 }
+DEFAULT = LlamaCpp.name  # what serves a lone GGUF file (toolkit serve)
 
 
 def binaries() -> list[str]:

@@ -96,6 +96,9 @@ class LlamaCpp(Runtime):
             )
         raise ToolkitError(f"llama.cpp install strategy {spec.install!r} is not supported yet")
 
+    def capabilities(self, model: ModelSpec) -> dict:
+        return model_capabilities(model)
+
     def serve(self, install, models, ports: Ports, data_dir: str) -> list[Served]:
         served = []
         for model, placed in models:
@@ -113,7 +116,6 @@ class LlamaCpp(Runtime):
                     port,
                     service,
                     backend={"url": f"http://127.0.0.1:{port}", "runtime": self.name},
-                    capabilities=capabilities(model),
                     verify="embedding" if model.args.get("embedding") else "chat",
                 )
             )
@@ -125,7 +127,7 @@ def _path(placed: ModelFile | None, data_dir: str) -> str:
     return f"{data_dir}/{placed.relpath}"
 
 
-def capabilities(model: ModelSpec) -> dict:
+def model_capabilities(model: ModelSpec) -> dict:
     """What the proxy should know of the model: the context a request may fill (llama.cpp
     splits ``ctx_size`` between its parallel slots; 0 or unset means the GGUF's trained
     context), and whether the chat template keeps a system message (else the proxy folds it
@@ -137,11 +139,11 @@ def capabilities(model: ModelSpec) -> dict:
     if context:
         found["max_context"] = context // max(1, args.get("parallel", 1))
     template = args.get("chat_template")
-    if template is None and info is not None:
-        template = info.chat_template
-    elif template is not None and "{" not in template:
-        template = None  # a built-in template name: llama.cpp folds system text itself
-    if info is not None and not system_role_supported(template):
+    if template is None:
+        known, template = info is not None, info.chat_template if info else None
+    else:  # a built-in template name: llama.cpp folds system text itself
+        known = "{" in template
+    if known and not system_role_supported(template):
         found["system_role"] = False
     return found
 

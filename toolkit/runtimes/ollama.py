@@ -203,17 +203,19 @@ class Ollama(Runtime):
         )
         served = []
         for model, _placed in models:
-            capabilities: dict[str, Any] = {}
-            num_ctx = (model.args.get("parameters") or {}).get("num_ctx")
-            if isinstance(num_ctx, int):
-                capabilities["max_context"] = num_ctx
             backend = {
                 "url": f"http://127.0.0.1:{port}",
                 "runtime": "ollama",
                 "model": ollama_name(model),
             }
-            served.append(Served(model, port, service, backend, capabilities, verify="chat"))
+            served.append(Served(model, port, service, backend, verify="chat"))
         return served
+
+    def capabilities(self, model: ModelSpec) -> dict[str, Any]:
+        """The context an import was created with (``parameters: {num_ctx: N}``); a pulled
+        model's comes from Ollama and is not known here."""
+        num_ctx = (model.args.get("parameters") or {}).get("num_ctx")
+        return {"max_context": num_ctx} if isinstance(num_ctx, int) and num_ctx > 0 else {}
 
 
 def ollama_name(model: ModelSpec) -> str:

@@ -245,9 +245,11 @@ class WasmEdge(Runtime):
                 inputs=[*install.inputs, placed.id],
             )
             backend = {"url": f"http://127.0.0.1:{port}", "runtime": "llamaedge"}
-            capabilities: dict[str, Any] = {"max_context": ctx_size}
-            served.append(Served(model, port, service, backend, capabilities, verify="chat"))
+            served.append(Served(model, port, service, backend, verify="chat"))
         return served
+
+    def capabilities(self, model: ModelSpec) -> dict[str, Any]:
+        return {"max_context": int(model.args.get("ctx_size", DEFAULT_CTX_SIZE))}
 
 
 def prompt_template(model: ModelSpec) -> str:
