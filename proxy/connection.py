@@ -38,16 +38,13 @@ from typing import Any, Protocol
 import httptools
 
 from .errors import clip, error_body
+from .routes import DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT
 
 logger = logging.getLogger("proxy")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together (and, apart, the trailers)
 MAX_PIPELINED = 4  # requests read ahead of the one being answered before reading pauses
 HEADER_OVERHEAD = 4  # ": " and CRLF around a header's name and value
-DEFAULT_MAX_CONNECTIONS = (
-    1000  # per listener (worker): nginx's worker_connections 1024, less headroom
-)
-DEFAULT_SEND_TIMEOUT = 60.0  # nginx's send_timeout
 SMALL_BODY = 64 * 1024  # the body limit of requests whose body nobody reads (GET /v1/models, ...)
 # after a refusal, what the client still sends is read and dropped for this long (or this much)
 # before the connection closes: closing with data unread would reset the connection, and a reset
@@ -201,6 +198,7 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._refusing = False  # a request could not be read: nothing more is read
+        self._lingering = False  # refused and answered: what comes is dropped until it closes
         self._dropped = 0  # bytes read and dropped after a refusal
         self._drained: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -550,7 +548,7 @@ class Connection(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Read while the client reads its answers and few requests wait; else pause."""
         transport = self.transport
-        if transport is None or self.disconnected:
+        if transport is None or self.disconnected or self._lingering:
             return
         if self._refusing or self._writing_paused or len(self._queue) >= MAX_PIPELINED:
             if not self._reading_paused:
@@ -611,6 +609,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self._lingering = True
         if transport.can_write_eof():
             transport.write_eof()
         if self._reading_paused:
