@@ -50,7 +50,7 @@ SMALL_BODY = 64 * 1024  # the body limit of requests whose body nobody reads (GE
 # before the connection closes: closing with data unread would reset the connection, and a reset
 # can destroy the refusal before the client reads it (nginx's lingering close)
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 16 * 1024 * 1024
+LINGER_BYTES = 1024 * 1024
 JSON = b"application/json"
 COPY_BELOW = 64 * 1024  # a head and a body smaller than this are joined into one write
 
