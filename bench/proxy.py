@@ -520,7 +520,8 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         one_url = f"http://127.0.0.1:{ports['proxy-one']}"
         wait_ok(f"{one_url}/health")
         if args.hostile_seconds > 0:
-            hostile_neighbour(one, ports["proxy-one"], args.hostile_seconds, tmp)
+            for path_bytes in (60_000, 7_000):
+                hostile_neighbour(one, ports["proxy-one"], args.hostile_seconds, tmp, path_bytes)
         if args.soak_seconds > 0:
             soak(one, f"{one_url}/v1/chat/completions", args.soak_seconds, args.soak_streams)
 
@@ -595,9 +596,10 @@ def endless_header(port: int, stop) -> None:
                 pass  # refused (431) and closed: again, on a new connection
 
 
-def pipeline_unread(port: int, stop) -> None:
-    """Issue 13, case 2: requests for 60 KB paths, pipelined, their answers never read."""
-    request = b"GET /" + b"p" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+def pipeline_unread(port: int, stop, path_bytes: int = 60_000) -> None:
+    """Issue 13, case 2: requests for long paths (60 KB there), pipelined, their 404s (which
+    name the path) never read."""
+    request = b"GET /" + b"p" * path_bytes + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     while not stop.is_set():
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             try:
@@ -608,7 +610,12 @@ def pipeline_unread(port: int, stop) -> None:
                 pass  # cut off by the send timeout: again, on a new connection
 
 
-def hostile_neighbour(proxy: subprocess.Popen, port: int, seconds: float, tmp: Path) -> None:
+def hostile_neighbour(
+    proxy: subprocess.Popen, port: int, seconds: float, tmp: Path, path_bytes: int
+) -> None:
+    """wrk -c1 alone, then beside cases 1 and 2; case 2 with ``path_bytes`` long paths (the
+    issue's 60 KB are refused at once, 414, past the 8 KiB target limit; 7 KB are answered, and
+    reading stops while they are not read)."""
     import threading
 
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -618,7 +625,7 @@ def hostile_neighbour(proxy: subprocess.Popen, port: int, seconds: float, tmp: P
     stop = threading.Event()
     attackers = [
         threading.Thread(target=endless_header, args=(port, stop), daemon=True),
-        threading.Thread(target=pipeline_unread, args=(port, stop), daemon=True),
+        threading.Thread(target=pipeline_unread, args=(port, stop, path_bytes), daemon=True),
     ]
     for thread in attackers:
         thread.start()
@@ -632,7 +639,7 @@ def hostile_neighbour(proxy: subprocess.Popen, port: int, seconds: float, tmp: P
     peak = rss_mb(proxy, "VmHWM")
     print(
         f"\nhostile neighbour (one worker; wrk -c1 beside cases 1 and 2 of issue 13, "
-        f"{seconds:g} s each):\n"
+        f"case 2 with {path_bytes // 1000} KB paths, {seconds:g} s each):\n"
         f"  p50 {quiet.p50_ms:.3f} ms quiet, {loud.p50_ms:.3f} ms beside them"
         f" = {loud.p50_ms / quiet.p50_ms:.2f}x (target <= 2x); {quiet.rps:.0f} -> {loud.rps:.0f}"
         f" req/s; peak RSS {peak:.1f} MB (target <= 100 MB)",

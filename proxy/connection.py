@@ -43,6 +43,7 @@ from .routes import DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT
 logger = logging.getLogger("proxy")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together (and, apart, the trailers)
+MAX_URL_BYTES = 8 * 1024  # the request target; nginx's large_client_header_buffers: 8k a line
 MAX_PIPELINED = 4  # requests read ahead of the one being answered before reading pauses
 HEADER_OVERHEAD = 4  # ": " and CRLF around a header's name and value
 SMALL_BODY = 64 * 1024  # the body limit of requests whose body nobody reads (GET /v1/models, ...)
@@ -296,8 +297,8 @@ class Connection(asyncio.Protocol):
         self._url += url
         self._head_size += len(url)
         self._reported = True
-        if self._head_size > MAX_HEAD_BYTES:
-            raise _Refused(414, "the request line is too long")
+        if len(self._url) > MAX_URL_BYTES:
+            raise _Refused(414, "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + HEADER_OVERHEAD
@@ -612,9 +613,9 @@ class Connection(asyncio.Protocol):
         self._lingering = True
         if transport.can_write_eof():
             transport.write_eof()
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
+        if not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
         self.loop.call_later(LINGER_SECONDS, self.close)
 
 
