@@ -385,6 +385,7 @@ def main() -> int:
 
 def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     names = ("upstream", "sse", "nginx-default", "nginx-tuned", "proxy", "litellm", "proxy-one")
+    names += ("sse-soak",)
     ports = {name: free_port() for name in names}
     nginx_workers = args.nginx_workers or args.workers
     wanted = set(args.targets)
@@ -416,6 +417,10 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     sse_argv = [sys.executable, __file__, "--sse-upstream", str(ports["sse"])]
     sse_argv += ["--chunks", str(args.chunks), "--interval", str(args.interval)]
     processes.start(sse_argv, tmp / "sse.log")
+    # the soak's upstream: 20 events 50 ms apart (a second a stream, as a slow token stream);
+    # 200 streams of 5 ms events would be more than one Python process answers here
+    soak_argv = [sys.executable, __file__, "--sse-upstream", str(ports["sse-soak"])]
+    processes.start(soak_argv + ["--chunks", "20", "--interval", "0.05"], tmp / "sse-soak.log")
 
     routes = tmp / "routes.yml"
     upstream_url = f"http://127.0.0.1:{ports['upstream']}"
@@ -423,6 +428,7 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         "models:\n"
         f"  m:\n    backends: [{{url: '{upstream_url}', runtime: openai}}]\n"
         f"  s:\n    backends: [{{url: 'http://127.0.0.1:{ports['sse']}', runtime: openai}}]\n"
+        f"  soak:\n    backends: [{{url: 'http://127.0.0.1:{ports['sse-soak']}', runtime: openai}}]\n"
     )
     proxy_argv = [sys.executable, "-m", "proxy", "--routes", str(routes)]
     proxy_argv += ["--port", str(ports["proxy"]), "--workers", str(args.workers)]
@@ -523,7 +529,13 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
             for path_bytes in (60_000, 7_000):
                 hostile_neighbour(one, ports["proxy-one"], args.hostile_seconds, tmp, path_bytes)
         if args.soak_seconds > 0:
-            soak(one, f"{one_url}/v1/chat/completions", args.soak_seconds, args.soak_streams)
+            soak(
+                one,
+                f"{one_url}/v1/chat/completions",
+                args.soak_seconds,
+                args.soak_streams,
+                tmp / "proxy-one.log",
+            )
 
     if "proxy" not in targets:
         return 0
@@ -647,10 +659,10 @@ def hostile_neighbour(
     )
 
 
-def soak(proxy: subprocess.Popen, url: str, seconds: float, streams: int) -> None:
+def soak(proxy: subprocess.Popen, url: str, seconds: float, streams: int, log: Path) -> None:
     import aiohttp
 
-    body = json.loads(REQUEST) | {"model": "s", "stream": True}
+    body = json.loads(REQUEST) | {"model": "soak", "stream": True}
     counts = {"streams": 0, "errors": 0}
     errors: list[str] = []
     samples: list[tuple[float, float]] = []
@@ -687,7 +699,8 @@ def soak(proxy: subprocess.Popen, url: str, seconds: float, streams: int) -> Non
     warm = [rss for at, rss in samples if at >= seconds / 5]
     after = warm[0] if warm else float("nan")
     print(
-        f"\nsoak ({streams} concurrent streams through one worker, {seconds:g} s):"
+        f"\nsoak ({streams} concurrent streams of 20 events 50 ms apart through one worker,"
+        f" {seconds:g} s):"
         f" {counts['streams']} streams, {counts['errors']} errors (target 0);"
         f" RSS after warm-up {after:.1f} MB, at the end {warm[-1] if warm else float('nan'):.1f}"
         f" MB, highest {max(warm, default=float('nan')):.1f} MB (target: flat within 5 MB)",
@@ -695,6 +708,8 @@ def soak(proxy: subprocess.Popen, url: str, seconds: float, streams: int) -> Non
     )
     if errors:
         print("  first errors: " + "; ".join(errors))
+        why = [line for line in log.read_text(errors="replace").splitlines() if " WARNING " in line]
+        print("  the proxy's warnings (first 5): " + " | ".join(why[:5]))
     if warm:
         tenth = max(1, len(warm) // 10)
         print(
