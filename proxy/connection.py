@@ -47,9 +47,10 @@ MAX_URL_BYTES = 8 * 1024  # the request target; nginx's large_client_header_buff
 MAX_PIPELINED = 4  # requests read ahead of the one being answered before reading pauses
 HEADER_OVERHEAD = 4  # ": " and CRLF around a header's name and value
 SMALL_BODY = 64 * 1024  # the body limit of requests whose body nobody reads (GET /v1/models, ...)
-# after a refusal, what the client still sends is read and dropped for this long (or this much)
-# before the connection closes: closing with data unread would reset the connection, and a reset
-# can destroy the refusal before the client reads it (nginx's lingering close)
+# after a refusal the connection stays half open this long before it closes: closing at once with
+# the client's data unread would reset it, and a reset can destroy the refusal before the client
+# reads it. Nothing more is read meanwhile (reading a hostile client's stream costs CPU); what
+# had been read already is dropped, this much at most
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 JSON = b"application/json"
@@ -605,8 +606,8 @@ class Connection(asyncio.Protocol):
         self._linger()
 
     def _linger(self) -> None:
-        """Close after a refusal: our side now (the client sees the end of the answer), theirs
-        once they stop sending, ``LINGER_SECONDS`` or ``LINGER_BYTES`` at most."""
+        """Close after a refusal: our side now (the client sees the end of the answer after
+        it), the connection ``LINGER_SECONDS`` later, reading nothing more meanwhile."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
