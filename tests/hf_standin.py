@@ -10,7 +10,8 @@ that ``hf_hub_download`` uses for one file, shaped like the Hub's answer for an 
   private repo without the right Bearer token): ``401`` with ``X-Error-Code: RepoNotFound``;
   unknown revision: ``404 RevisionNotFound``; unknown file: ``404 EntryNotFound``.
 - ``HEAD|GET /blobs/<sha256>`` on the "CDN" (a ``FileServer``): the bytes, with ``ETag``,
-  ``Accept-Ranges`` and ``Range`` support.
+  ``Accept-Ranges`` and ``Range`` support. A ``LinkedFile`` redirects to another server instead
+  (bench/download.py points it at nginx).
 
 ``FileServer`` can also cut responses short, to test resuming downloads.
 """
@@ -199,9 +200,19 @@ class FileServer(_Background):
         return [request for request in self.requests if request.method == "GET"]
 
 
+@dataclass(frozen=True)
+class LinkedFile:
+    """A file whose bytes another server holds (e.g. nginx, for a benchmark): where, and what."""
+
+    url: str
+    sha256: str
+    size: int
+
+
 @dataclass
 class _Repo:
-    files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # revision -> name -> data
+    # revision -> name -> the bytes, or where they are served
+    files: dict[str, dict[str, bytes | LinkedFile]] = field(default_factory=dict)
     token: str | None = None  # a private repo answers only to this Bearer token
 
 
@@ -235,15 +246,19 @@ class _HubHandler(_QuietHandler):
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}
             self.send_empty(404, headers)
             return
-        sha256 = hub.cdn_store(data)
+        if isinstance(data, LinkedFile):
+            linked = data
+        else:
+            sha256 = hub.cdn_store(data)
+            linked = LinkedFile(f"{hub.cdn.url}/blobs/{sha256}", sha256, len(data))
         self.send_empty(
             302,
             {
-                "Location": f"{hub.cdn.url}/blobs/{sha256}",
+                "Location": linked.url,
                 "X-Repo-Commit": COMMIT,
-                "X-Linked-Etag": f'"{sha256}"',
-                "X-Linked-Size": str(len(data)),
-                "ETag": f'W/"{hashlib.sha1(data).hexdigest()}"',
+                "X-Linked-Etag": f'"{linked.sha256}"',
+                "X-Linked-Size": str(linked.size),
+                "ETag": f'W/"{hashlib.sha1(linked.sha256.encode()).hexdigest()}"',
             },
         )
 
@@ -262,11 +277,12 @@ class HubStandIn(_Background):
         self,
         repo_id: str,
         filename: str,
-        data: bytes,
+        data: bytes | LinkedFile,
         *,
         revision: str = "main",
         token: str | None = None,
     ) -> None:
+        """Serve ``data`` from the stand-in's CDN, or redirect to where a ``LinkedFile`` lives."""
         repo = self.repos.setdefault(repo_id, _Repo())
         repo.files.setdefault(revision, {})[filename] = data
         repo.token = token or repo.token
