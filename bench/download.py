@@ -33,6 +33,7 @@ import hashlib
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -154,6 +155,8 @@ def main() -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (Debian: apt-get install -y {tool})")
 
+    # A SIGTERM unwinds like Ctrl-C: nginx is stopped and the scratch directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="toolkit-bench-download-", dir=args.dir))
     root.chmod(0o755)  # nginx's workers run as an unprivileged user
     try:

@@ -136,7 +136,11 @@ class _FileHandler(_QuietHandler):
     def _serve(self, send_body: bool) -> None:
         owner: FileServer = self.server.owner  # type: ignore[assignment]
         owner.record(self)
-        data = owner.files.get(unquote(urlsplit(self.path).path))
+        path = unquote(urlsplit(self.path).path)
+        if path in owner.redirects:
+            self.send_empty(302, {"Location": owner.redirects[path]})
+            return
+        data = owner.files.get(path)
         if data is None:
             self.send_empty(404, {})
             return
@@ -151,7 +155,10 @@ class _FileHandler(_QuietHandler):
                 return
             status = 206
         self.send_response(status)
-        self.send_header("Content-Length", str(end - start))
+        if owner.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(end - start))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         if status == 206:
@@ -164,21 +171,37 @@ class _FileHandler(_QuietHandler):
         cut = owner.take_cut()
         if cut is not None:
             # Promise the whole body, send part of it, hang up: what a flaky network does.
-            self.wfile.write(body[:cut])
+            self._write(owner, body[:cut], last=False)
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        self._write(owner, body, last=True)
+
+    def _write(self, owner: FileServer, body: bytes, last: bool) -> None:
+        if not owner.chunked:
+            self.wfile.write(body)
+            return
+        for start in range(0, len(body), 100_000):
+            piece = body[start : start + 100_000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if last:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 class FileServer(_Background):
-    """Serves bytes at paths, honours Range (unless told not to), can cut responses short."""
+    """Serves bytes at paths, honours Range (unless told not to), can cut responses short.
+
+    ``chunked`` sends bodies with ``Transfer-Encoding: chunked`` (no length announced);
+    ``redirects`` maps a path to the URL a ``302`` sends the client to.
+    """
 
     handler = _FileHandler
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.ignore_range = False
+        self.chunked = False
         self._cuts: list[int] = []
         super().__init__()
 
