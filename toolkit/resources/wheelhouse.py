@@ -6,17 +6,10 @@ once per host, and nothing at all on a host without internet. With it the workst
 host lacks into ``<data>/wheels/<key>/`` and the host installs with ``--no-index --find-links``:
 the host never reaches an index.
 
-How it plugs into ``resources/runtime.Virtualenv.apply`` (three calls, nothing else changes)::
-
-    platform = parse_platform(ctx.conn.check(platform_probe(python), "reading python's platform")
-                              .stdout)
-    house = resolve(change.data, platform, cache_dir())
-    remote = ship(ctx.conn, house, ctx.path(f"wheels/{platform.key}"))
-    # then, instead of the plain ``pip install``:
-    install_args(remote)  +  requirements
-
-``is_offline(host_vars)`` (``offline: true`` on a host, or ``-e toolkit_offline=true``) says that
-this is the only path for that host.
+``resources/runtime.Virtualenv.apply`` plugs it in with one call: for a host where
+``is_offline(ctx.vars)`` (``offline: true`` on the host, or ``-e toolkit_offline=true``),
+``prepare(ctx, python3, requirements)`` probes the host's platform, resolves, ships, and returns
+the options that make its ``pip install`` use the shipped wheels only.
 """
 
 from __future__ import annotations
@@ -31,9 +24,12 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from toolkit.errors import ToolkitError
+
+if TYPE_CHECKING:
+    from toolkit.resources.base import HostContext
 
 _PIP_TIMEOUT_S = 1800
 _MANIFEST = "requirements.txt"
@@ -194,6 +190,14 @@ def ship(conn: _Connection, house: Wheelhouse, remote_dir: str) -> str:
         if have.get(wheel.name) != wheel.stat().st_size:
             conn.put(wheel, f"{remote_dir}/{wheel.name}")
     return remote_dir
+
+
+def prepare(ctx: HostContext, python3: str, requirements: list[str]) -> list[str]:
+    """Probe, resolve, ship: the ``pip install`` options for this host's shipped wheels."""
+    probe = ctx.conn.check(platform_probe(python3), "reading the host's python platform")
+    platform = parse_platform(probe.stdout)
+    house = resolve(requirements, platform, cache_dir())
+    return install_args(ship(ctx.conn, house, ctx.path(f"wheels/{platform.key}")))
 
 
 def install_args(remote_dir: str) -> list[str]:
