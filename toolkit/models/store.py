@@ -117,7 +117,7 @@ class _Writeback:
 
     Left alone, Linux keeps a freshly written file in dirty pages until the final fsync (a file
     smaller than ``dirty_background_ratio`` of memory is not written back for 30 s), so that fsync
-    waits for the whole file: about one more second per GB. Syncing every ``WRITEBACK_BYTES``
+    waits for the whole file to reach the disk after the download. Syncing every ``WRITEBACK_BYTES``
     on a thread of its own keeps the disk busy during the download and the final fsync short,
     and bounds the dirty memory a 30 GB model holds.
     """
@@ -232,9 +232,11 @@ class BlobWriter:
     def restart(self) -> None:
         """Drop what a resumed file held, for when the server ignores our Range request."""
         self._hasher.cancel()
+        self._writeback.close()
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._hasher = _Hasher()
+        self._writeback = _Writeback(self._fd)
         self.offset = self.size = 0
 
     def _write_all(self, view: memoryview) -> None:
