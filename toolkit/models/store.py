@@ -36,6 +36,13 @@ _TEMP_PREFIX = ".tmp-"
 _PARTIAL_SUFFIX = ".partial"
 
 
+DISK_MARGIN = 256 * 1024 * 1024  # left free on the workstation's disk after a download
+
+
+class NoRoom(ToolkitError):
+    """The store's disk cannot hold a file, known before its first byte."""
+
+
 class ChecksumMismatch(ToolkitError):
     """The bytes we received are not the ones the playbook pinned."""
 
@@ -188,8 +195,18 @@ class BlobWriter:
         self.path: Path | None = None
 
     def expect_size(self, size: int) -> None:
-        """The final size, as the source announced it before sending the bytes."""
+        """The final size, as the source announced it before sending the bytes: refused at
+        once, with the numbers, when the store's disk cannot hold what is still to come."""
         self.expected_size = size
+        free = os.statvfs(self.temp_path.parent)
+        room = free.f_bavail * free.f_frsize
+        needed = size - self.size + DISK_MARGIN
+        if needed > room:
+            raise NoRoom(
+                f"not enough disk for the download: {(size - self.size) / 1e6:.0f} MB to come + "
+                f"{DISK_MARGIN / 1e6:.0f} MB margin, {room / 1e6:.0f} MB free under "
+                f"{self.temp_path.parent}; nothing was downloaded"
+            )
 
     def write(self, data: bytes) -> None:
         """Append ``data``; it is hashed on the hashing thread, so it must not change: bytes."""
