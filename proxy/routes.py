@@ -14,6 +14,8 @@ The file is YAML, written by toolkit or by hand::
     health_interval: 5            # optional, seconds between active health checks
     keepalive_timeout: 75         # optional, seconds an idle client connection is kept open
     tls: {cert: /etc/toolkit/proxy.crt, key: /etc/toolkit/proxy.key}  # optional: speak HTTPS
+    send_timeout: 60              # optional, seconds a client may read nothing of its answer
+    max_connections: 1000         # optional, client connections per worker (503 past it)
 
 Every mistake is reported as ``RoutesError("file:line: message")``, using PyYAML's node marks.
 This module needs only PyYAML and the standard library: it is parsed once per (re)load, never on
@@ -32,6 +34,8 @@ RUNTIMES = ("llamacpp", "ollama", "llamaedge", "openai")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # nginx's default
+DEFAULT_SEND_TIMEOUT = 60.0  # nginx's default
+DEFAULT_MAX_CONNECTIONS = 1000  # per worker: nginx's worker_connections 1024, less headroom
 
 
 class RoutesError(Exception):
@@ -84,6 +88,8 @@ class Routes:
     health_interval: float = DEFAULT_HEALTH_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     tls: TlsFiles | None = None  # read at start only: a new certificate takes a restart
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def lookup(self) -> dict[str, ModelRoute]:
         """Every name a client may send (model names and aliases) -> its route."""
@@ -185,6 +191,8 @@ class _Reader:
                 "health_interval",
                 "keepalive_timeout",
                 "tls",
+                "send_timeout",
+                "max_connections",
             ),
         )
         if "models" not in top:
@@ -218,6 +226,12 @@ class _Reader:
             routes = replace(routes, keepalive_timeout=keepalive)
         if "tls" in top:
             routes = replace(routes, tls=self.tls(top["tls"]))
+        if "send_timeout" in top:
+            send_timeout = float(self.number(top["send_timeout"], "send_timeout"))
+            routes = replace(routes, send_timeout=send_timeout)
+        if "max_connections" in top:
+            cap = int(self.number(top["max_connections"], "max_connections", integer=True))
+            routes = replace(routes, max_connections=cap)
         return routes
 
     def tls(self, node: yaml.Node) -> TlsFiles:

@@ -7,6 +7,10 @@ finish (streams included) for up to ``GRACE_SECONDS``. SIGHUP reloads the routes
 Two servers speak HTTP to the clients: the builtin one (``connection.py``, the default) and
 uvicorn (``server="uvicorn"``), which runs the proxy as an ASGI app (``asgi.py``) on the same
 listening sockets, workers and signals. Either speaks HTTPS when given a certificate.
+
+Each worker takes at most the routes file's ``max_connections`` clients, and no more than its
+open-file limit allows (each client may hold a backend connection too): the soft limit is raised
+to the hard one at start, and a cap the limit cannot hold is lowered, with a warning.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import gc
 import ipaddress
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -23,8 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from .app import Proxy, create_app
-from .connection import Connection, Listener
+from .app import PROXIED_PATHS, Proxy, create_app
+from .auth import admission
+from .connection import SMALL_BODY, Connection, Listener
 from .routes import TlsFiles
 from .sockets import listening
 from .table import RouteTable, load_table
@@ -33,6 +39,10 @@ from .tls import server_context, tls_files
 SWEEP_SECONDS = 5.0  # idle connections are looked for this often (or at half their timeout)
 GRACE_SECONDS = 30.0
 SERVERS = ("builtin", "uvicorn")
+
+RESERVED_FILES = 64  # descriptors kept for the rest: the listening socket, logs, health checks
+
+logger = logging.getLogger("proxy")
 
 
 class UnsafeBind(Exception):
@@ -146,7 +156,9 @@ async def _serve(proxy: Proxy, sock: socket.socket, tls: ssl.SSLContext | None) 
     stop = loop.create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
-    listener = Listener(proxy.handle, proxy.body_limit)
+    admit = admission(lambda: proxy.table.keys, proxy.body_limit, PROXIED_PATHS, SMALL_BODY)
+    listener = Listener(proxy.handle, proxy.body_limit, admit)
+    _apply_limits(listener, proxy, _file_budget())
     async with proxy.running():
         server = await loop.create_server(lambda: Connection(listener), sock=sock, ssl=tls)
         sweeper = loop.create_task(_close_idle(listener, proxy))
@@ -160,11 +172,42 @@ async def _serve(proxy: Proxy, sock: socket.socket, tls: ssl.SSLContext | None) 
 
 
 async def _close_idle(listener: Listener, proxy: Proxy) -> None:
-    """Close client connections idle for the routes file's ``keepalive_timeout``."""
+    """Close client connections idle for the routes file's ``keepalive_timeout``, and those
+    that read nothing for its ``send_timeout``; keep the limits as the routes file says."""
+    budget = _file_budget()
     while True:
-        timeout = proxy.table.routes.keepalive_timeout
-        await asyncio.sleep(min(SWEEP_SECONDS, timeout / 2))
-        listener.close_idle(timeout)
+        routes = proxy.table.routes
+        await asyncio.sleep(
+            min(SWEEP_SECONDS, routes.keepalive_timeout / 2, routes.send_timeout / 2)
+        )
+        _apply_limits(listener, proxy, budget)
+        listener.close_idle(proxy.table.routes.keepalive_timeout)
+
+
+def _file_budget() -> int:
+    """How many client connections the open-file limit holds (two descriptors each: the client's
+    and a backend's), after raising the soft limit as far as the hard one allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    return max(1, (soft - RESERVED_FILES) // 2)
+
+
+def _apply_limits(listener: Listener, proxy: Proxy, budget: int) -> None:
+    routes = proxy.table.routes
+    listener.send_timeout = routes.send_timeout
+    cap = min(routes.max_connections, budget)
+    if cap != listener.max_connections and cap < routes.max_connections:
+        logger.warning(
+            "max_connections %d is more than the open-file limit holds; serving at most %d "
+            "connections per worker (raise LimitNOFILE)",
+            routes.max_connections,
+            cap,
+        )
+    listener.max_connections = cap
 
 
 async def _drain(listener: Listener) -> None:

@@ -7,12 +7,14 @@ temporary data dir and on free ports, and `toolkit down` must leave no process b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -93,6 +95,23 @@ class Workspace:
             if str(self.data) in cmdline:
                 found.append((int(entry.name), cmdline))
         return found
+
+
+@contextlib.contextmanager
+def applied_site(root: Path, args: dict, *apply_args: str) -> Iterator[Workspace]:
+    """The quick-start site with the demo model's args replaced, applied once (``.first``), and
+    brought down afterwards with nothing left running."""
+    ws = Workspace(root, free_port())
+    plays = yaml.safe_load(ws.playbook.read_text())
+    plays[0]["models"][0]["args"] = args
+    ws.playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
+    ws.first = ws.apply(*apply_args)
+    try:
+        yield ws
+    finally:
+        ws.toolkit("down", str(ws.playbook))
+        for pid, _ in ws.processes():
+            os.kill(pid, signal.SIGKILL)
 
 
 def recap_counts(output: str) -> tuple[int, int, int]:

@@ -10,8 +10,6 @@ for backends that do not, and keeps every backend's answer the same.)
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port, stop_process, wait_http_ok
-from tests.test_apply_e2e import Workspace
+from tests.test_apply_e2e import applied_site
 
 # Gemma's turns, refusing a system message as Gemma 2's own template does. {% raw %} keeps
 # toolkit's playbook variables from rendering it: it is the engine's template, not ours.
@@ -40,17 +38,9 @@ STRICT_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def strict_site(tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("strict"), free_port())
-    plays = yaml.safe_load(ws.playbook.read_text())
-    plays[0]["models"][0]["args"] = {"ctx_size": 2048, "chat_template": STRICT_TEMPLATE}
-    ws.playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
-    ws.first = ws.apply()
-    try:
+    args = {"ctx_size": 2048, "chat_template": STRICT_TEMPLATE}
+    with applied_site(tmp_path_factory.mktemp("strict"), args) as ws:
         yield ws
-    finally:
-        ws.toolkit("down", str(ws.playbook))
-        for pid, _ in ws.processes():
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_routes_file_says_the_template_refuses_the_system_role(strict_site):

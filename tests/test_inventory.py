@@ -513,14 +513,16 @@ def test_a_play_sees_inventory_chains_rendered_to_the_end(tmp_path):
     """Issue 15: "{{ models_dir }}/x.gguf" gave the literal "{{ app_dir }}/models/x.gguf"."""
     from toolkit.site import load_site
 
+    for app in ("app", "data"):  # a path: source must name a file on the workstation
+        write(tmp_path / app / "models" / "x.gguf", "GGUF")
     inventory = write(
         tmp_path / "hosts.ini",
-        """
+        f"""
         [gpu]
         g1
         [gpu:vars]
-        app_dir=/srv/app
-        models_dir="{{ app_dir }}/models"
+        app_dir={tmp_path}/app
+        models_dir="{{{{ app_dir }}}}/models"
         """,
     )
     playbook = write(
@@ -538,10 +540,10 @@ def test_a_play_sees_inventory_chains_rendered_to_the_end(tmp_path):
     site = load_site(playbook, inventory)
     (play,) = site.plays
     model = site.play_for(play, site.inventory.hosts["g1"]).models[0]
-    assert model.source["path"] == "/srv/app/models/x.gguf"
+    assert model.source["path"] == f"{tmp_path}/app/models/x.gguf"
     # group_vars/ beside the playbook win over the inventory's
-    write(tmp_path / "playbooks" / "group_vars" / "gpu.yml", "app_dir: /data\n")
+    write(tmp_path / "playbooks" / "group_vars" / "gpu.yml", f"app_dir: {tmp_path}/data\n")
     moved = write(tmp_path / "playbooks" / "site.yml", playbook.read_text())
     site = load_site(moved, inventory)
     model = site.play_for(site.plays[0], site.inventory.hosts["g1"]).models[0]
-    assert model.source["path"] == "/data/models/x.gguf"
+    assert model.source["path"] == f"{tmp_path}/data/models/x.gguf"

@@ -124,3 +124,29 @@ def test_a_quota_too_small_is_refused_before_the_transfer(tmp_path, gemma_gguf):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "over its quota max_disk_gb: 0.1" in out.stdout, out.stdout
     assert not list(data.rglob("*.gguf*"))
+
+
+def test_a_workstation_cache_too_small_is_refused_before_the_download(gemma_gguf, small_tmpfs):
+    """The announced size is checked against the store's free space before the first byte."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from toolkit.models.sources import fetch
+    from toolkit.models.store import NoRoom
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(gemma_gguf.parent))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.handle_error = lambda *args: None  # the client hangs up at once: that is the point
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{gemma_gguf.name}"
+    try:
+        with pytest.raises(NoRoom) as caught:
+            fetch({"url": url}, sha256=GEMMA_SHA256, store=ModelStore(small_tmpfs / "cache"))
+    finally:
+        server.shutdown()
+    assert "not enough disk for the download: 253 MB to come" in str(caught.value)
+    assert "nothing was downloaded" in str(caught.value)
+    left = [p for p in small_tmpfs.rglob("*") if p.is_file() and p.suffix != ".lock"]
+    assert left == []  # no partial file: only the store's (empty) lock file

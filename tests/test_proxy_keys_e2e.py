@@ -1,6 +1,8 @@
-"""Keys toolkit delivers: `proxy: {keys: generate}` makes one key per host, keeps it 0600 on the
-workstation and the host, shows it once in the recap, and nowhere else: not in any file toolkit
-wrote on either side, not in any log line, not in --json. HF_TOKEN likewise never leaks.
+"""Keys and TLS toolkit delivers: `proxy: {keys: generate}` makes one key per host, keeps it 0600
+on the workstation and the host, shows it once in the recap, and nowhere else: not in any file
+toolkit wrote on either side, not in any log line, not in --json. HF_TOKEN likewise never leaks.
+`tls: self-signed` makes the proxy speak HTTPS with a certificate clients verify against the CA
+file the recap names.
 
 The engine here is tests/llama_standin.py (a stand-in llama-server answering a canned text): the
 test is about what toolkit writes and prints, not about inference.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import ssl
 import stat
 import subprocess
 import sys
@@ -37,7 +40,7 @@ def keyed(tmp_path_factory):
         "runtimes": {"llamacpp": {"install": "present", "path": str(STANDIN)}},
         "models": [{"name": "tiny", "runtime": "llamacpp", "source": {"path": str(model)},
                     "sha256": hashlib.sha256(model.read_bytes()).hexdigest()}],
-        "proxy": {"port": port, "keys": "generate"},
+        "proxy": {"port": port, "keys": "generate", "tls": "self-signed"},
     }  # fmt: skip
     (root / "site.yml").write_text(yaml.safe_dump([play]))
     data = root / "data"
@@ -85,17 +88,26 @@ def test_the_key_is_made_once_kept_0600_and_shown_once(keyed):
     assert '"changed": 0' in keyed.second.stdout
 
 
-def test_the_proxy_wants_the_key(keyed):
-    url = f"http://127.0.0.1:{keyed.port}/v1/chat/completions"
+def test_the_proxy_speaks_https_and_wants_the_key(keyed):
+    ca = keyed.root / "state/tls/localhost/cert.pem"
+    assert f"clients trust {ca}" in keyed.first.stdout
+    assert "proxy TLS certificate SHA-256 " in keyed.first.stdout
+    trust = ssl.create_default_context(cafile=str(ca))
+    url = f"https://127.0.0.1:{keyed.port}/v1/chat/completions"
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    assert httpx.post(url, json=body, timeout=30).status_code == 401
+    with pytest.raises(httpx.ConnectError):  # a client that does not trust it is refused
+        httpx.post(url, json=body, timeout=30)
+    assert httpx.post(url, json=body, timeout=30, verify=trust).status_code == 401
     headers = {"Authorization": f"Bearer {the_key(keyed)}"}
-    assert httpx.post(url, json=body, headers=headers, timeout=30).status_code == 200
+    answer = httpx.post(url, json=body, headers=headers, timeout=30, verify=trust)
+    assert answer.status_code == 200, answer.text
+    assert stat.S_IMODE((keyed.data / "proxy/tls/key.pem").stat().st_mode) == 0o600
 
 
 def test_no_key_and_no_hf_token_in_any_file_or_log(keyed):
     key = the_key(keyed).encode()
     allowed = {keyed.root / "state/keys/localhost", keyed.data / "proxy/api-keys"}
+    private = (keyed.root / "state/tls/localhost/key.pem").read_bytes()
     leaks = []
     for folder in (keyed.data, keyed.root / "state", keyed.root / "cache"):
         for path in folder.rglob("*"):
@@ -103,6 +115,8 @@ def test_no_key_and_no_hf_token_in_any_file_or_log(keyed):
                 content = path.read_bytes()
                 if key in content or HF_TOKEN.encode() in content:
                     leaks.append(str(path))
+                if private in content and path.name != "key.pem":
+                    leaks.append(f"{path} (the TLS private key)")
     assert not leaks, leaks
     output = keyed.first.stdout + keyed.first.stderr
     assert HF_TOKEN not in output + keyed.second.stdout + keyed.second.stderr

@@ -128,3 +128,21 @@ def test_unimplemented_strategy_is_refused_at_its_line(tmp_path) -> None:
 def test_ports_skip_taken_ones() -> None:
     ports = Ports(8081, {8081, 8082, 8084})
     assert [ports.take(), ports.take(8084), ports.take()] == [8083, 8084, 8085]
+
+
+def test_the_proxy_service_follows_the_playbook(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TOOLKIT_STATE_DIR", str(tmp_path / "state"))  # keys and certificates
+    text = (
+        "- hosts: all\n  runtimes: {llamacpp: {install: pip}}\n  models:\n"
+        + model("a")
+        + "  proxy: {port: 9000, server: uvicorn, keys: generate, tls: self-signed}\n"
+    )
+    (tmp_path / "site.yml").write_text(text)
+    p = load_playbook(tmp_path / "site.yml")[0]
+    design = design_host(p, Host("h", {}, ["all"]), FACTS)
+    proxy = next(s for s in design.services if s.name == "proxy")
+    assert proxy.argv[-2:] == ["--server", "uvicorn"]
+    assert proxy.health_url == "https://127.0.0.1:9000/health"
+    assert design.keys_file == "/srv/tk/proxy/api-keys"
+    assert "file:proxy/tls/cert.pem" in proxy.inputs
+    assert "file:proxy/api-keys" not in proxy.inputs  # keys reload: no restart for them

@@ -6,30 +6,18 @@ none). Real engine, real model."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import openai
 import pytest
-import yaml
 
-from tests.conftest import free_port
-from tests.test_apply_e2e import Workspace
+from tests.test_apply_e2e import applied_site
 
 
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("embed"), free_port())
-    plays = yaml.safe_load(ws.playbook.read_text())
-    plays[0]["models"][0]["args"] = {"ctx_size": 512, "embedding": True}
-    ws.playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
-    ws.first = ws.apply("--json")
-    try:
+    with applied_site(tmp_path_factory.mktemp("embed"), {"ctx_size": 512, "embedding": True},
+                      "--json") as ws:  # fmt: skip
         yield ws
-    finally:
-        ws.toolkit("down", str(ws.playbook))
-        for pid, _ in ws.processes():
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_the_embedding_model_is_verified_with_an_embeddings_request(embedder):

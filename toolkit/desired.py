@@ -123,13 +123,13 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
     for name, install in installs.items():
         runtime = RUNTIMES[name]
         mine = [(m, placed.get(m.name)) for m in play.models if m.runtime == name]
-        model_ids = {m.name: [] for m, _ in mine}
         for model, file in mine:
-            extra = runtime.model_resources(install, model, file, data)
-            after_start += extra
-            model_ids[model.name] = ([file.id] if file else []) + [r.id for r in extra]
+            after_start += runtime.model_resources(install, model, file, data)
+        # A service restarts when its install or toolkit's virtualenv changes; which model
+        # files it reads (an engine serving one file does; a daemon importing them does not),
+        # its runtime says in serve().
         for item in runtime.serve(install, mine, ports, data):
-            for input_id in [*install.inputs, "runtime:venv", *model_ids[item.model.name]]:
+            for input_id in [*install.inputs, "runtime:venv"]:
                 if input_id not in item.service.inputs:
                     item.service.inputs.append(input_id)
             served[item.model.name] = item

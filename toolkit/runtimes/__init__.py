@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from toolkit.runtimes.base import Runtime
 from toolkit.runtimes.llamacpp import LlamaCpp
+from toolkit.runtimes.ollama import Ollama
+from toolkit.runtimes.wasmedge import WasmEdge
 
-RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (LlamaCpp(),)}
+RUNTIMES: dict[str, Runtime] = {
+    runtime.name: runtime for runtime in (LlamaCpp(), Ollama(), WasmEdge())
+}
 DEFAULT = LlamaCpp.name  # what serves a lone GGUF file (toolkit serve)
 
 

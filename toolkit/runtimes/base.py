@@ -113,5 +113,6 @@ class Runtime:
         self, install: Install, models: list[tuple[ModelSpec, ModelFile | None]],
         ports: Ports, data_dir: str,
     ) -> list[Served]:  # fmt: skip
-        """One ``Served`` per model, in the order given."""
+        """One ``Served`` per model, in the order given. A service's ``inputs`` name the model
+        files it reads (their change restarts it); the core adds the install's."""
         raise NotImplementedError

@@ -237,6 +237,7 @@ class LlamaCpp(Runtime):
                 argv=server_argv(install.details["server"], model, _path(placed, data_dir), port),
                 workdir=data_dir,
                 health_url=f"http://127.0.0.1:{port}{HEALTH_PATH}",
+                inputs=[placed.id] if placed else [],
             )
             served.append(
                 Served(

@@ -15,6 +15,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     health_url: str = ""  # on the host; 200 means ready
     inputs: list[str] = field(default_factory=list)  # resource ids whose change restarts it
+    user: str | None = None  # run as this user where the manager can (systemd system units)
 
     @property
     def command_line(self) -> str:
