@@ -273,11 +273,17 @@ def test_auto_uses_an_ollama_on_path_and_downloads_nothing():
     assert install.resources == []  # nothing to install (not root under systemd: no user)
 
 
-def test_package_strategy_says_it_is_not_there_yet():
+def test_package_is_termux_pkg_and_refused_elsewhere():
     from toolkit.errors import ToolkitError
+    from toolkit.resources.packages import Packages
     from toolkit.site import RuntimeSpec
 
-    with pytest.raises(ToolkitError, match="pkg install ollama"):
-        Ollama().resolve(
-            RuntimeSpec("ollama", "auto", {}), Facts(termux=True, arch="aarch64"), "/d"
-        )
+    phone = Facts(termux=True, arch="aarch64", prefix="/data/data/com.termux/files/usr")
+    install = Ollama().resolve(RuntimeSpec("ollama", "auto", {}), phone, "/d")
+    assert install.strategy == "package" and install.reason == "Termux package ollama"
+    (packages,) = [r for r in install.resources if isinstance(r, Packages)]
+    assert (packages.manager, packages.names) == ("pkg", ["ollama"])
+    assert install.details["binary"] == "/data/data/com.termux/files/usr/bin/ollama"
+    server = Facts(os="Linux", distro="debian", distro_version="12", arch="x86_64")
+    with pytest.raises(ToolkitError, match="packages have no Ollama: use install: release"):
+        Ollama().resolve(RuntimeSpec("ollama", "package", {}), server, "/d")

@@ -30,6 +30,7 @@ from toolkit.hosts.connection import quote
 from toolkit.resources.archive import Archive, Release
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.files import File
+from toolkit.resources.packages import Packages
 from toolkit.runtimes.base import Install, Ports, Runtime, Served
 from toolkit.schema import Key
 from toolkit.services.definition import Service
@@ -135,10 +136,16 @@ class Ollama(Runtime):
             self._add_user(install, data_dir)
             return install
         if strategy == "package":
-            raise ToolkitError(
-                "Ollama install: package (Termux: pkg install ollama) needs toolkit's system "
-                "package resource, which this version does not have yet; use install: release"
-            )
+            if not facts.termux:
+                raise ToolkitError(
+                    f"Ollama install: package is Termux's `pkg install ollama`; this host is "
+                    f"{facts.distro or facts.os} {facts.distro_version} {facts.arch}, whose "
+                    "packages have no Ollama: use install: release (or present)"
+                )
+            install.resources.append(Packages("pkg", ["ollama"]))
+            install.reason = "Termux package ollama"
+            install.details["binary"] = f"{facts.prefix}/bin/ollama"
+            return install
         version = conf.get("version") or DEFAULT_VERSION
         arch = ARCHES.get(facts.arch)
         if arch is None or facts.os not in ("Linux", ""):
