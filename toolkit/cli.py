@@ -177,6 +177,43 @@ def facts(pattern, inventory, as_json, accept_new_host_keys):
 
 
 @main.command()
+@click.argument("pattern", default="all")
+@click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))
+@click.option("--watch", is_flag=True, help="Redraw in place until Ctrl-C.")
+@click.option("--every", default=2.0, show_default=True, help="Seconds between --watch redraws.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--accept-new-host-keys", is_flag=True)
+def status(pattern, inventory, watch, every, as_json, accept_new_host_keys):
+    """Services of the hosts matching PATTERN: state, restarts, RSS, health, traffic, disk.
+    Exit 0 when all are running and healthy, 1 otherwise."""
+    from toolkit.status import command
+
+    try:
+        policy = "accept-new" if accept_new_host_keys else "strict"
+        sys.exit(command(pattern, inventory, every if watch else None, as_json, policy))
+    except ToolkitError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("host")
+@click.argument("service", required=False)
+@click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))
+@click.option("-n", "--lines", default=20, show_default=True, help="Last lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Print new lines until Ctrl-C.")
+@click.option("--accept-new-host-keys", is_flag=True)
+def logs(host, service, inventory, lines, follow, accept_new_host_keys):
+    """Log of SERVICE (all services if none; a model's name finds its engine) on HOST."""
+    from toolkit.logs import command
+
+    try:
+        policy = "accept-new" if accept_new_host_keys else "strict"
+        command(host, service, lines, follow, inventory, policy)
+    except ToolkitError as exc:
+        fail(exc)
+
+
+@main.command()
 @click.option("-n", "--last", default=20, show_default=True)
 def history(last):
     """List past runs: when, playbook, hosts, changed, failed, duration."""

@@ -7,10 +7,33 @@ service directories in its data dir and links them in.
 from __future__ import annotations
 
 from toolkit.hosts.connection import quote
+from toolkit.services import manifest
 from toolkit.services.definition import Service
-from toolkit.services.manager import DefinitionFile, ServiceManager, ServiceStatus
+from toolkit.services.manager import (
+    STATE_MARK,
+    DefinitionFile,
+    ServiceManager,
+    ServiceStatus,
+    file_log_script,
+)
 
 SV_DIR = '"$PREFIX/var/service"'
+# `sv status` of one service -> its @svc line. runit keeps neither a restart count nor the exit
+# status: "-" for both. "down ..., want up" is a service runsv is about to start again.
+STATE_AWK = r"""
+{
+  line = $0; sub(/; run: log:.*/, "", line)
+  st = "stopped"; pid = "-"; up = "-"; ex = "-"
+  if (line ~ /^run: /) st = "running"
+  else if (line ~ /^finish: / || (line ~ /^down: / && line ~ /want up/)) st = "restarting"
+  else if (line ~ /^(fail|warning): /) ex = "runsv is not running"
+  if (match(line, /\(pid [0-9]+\) /)) {
+    pid = substr(line, RSTART + 5, RLENGTH - 7); sub(/\(pid [0-9]+\) /, "", line)
+  }
+  if (match(line, /: [0-9]+s/)) up = substr(line, RSTART + 2, RLENGTH - 3)
+  printf "%s\t%s\t%s\t%s\t%s\t-\t%s\n", mark, n, st, pid, up, ex
+}
+"""
 
 
 class Termux(ServiceManager):
@@ -24,7 +47,7 @@ class Termux(ServiceManager):
             files.append(
                 DefinitionFile(f"termux/{s.name}/log/run", "termux-log-run.j2", variables, 0o755)
             )
-        return files
+        return files + [manifest.definition(self, services, data_dir)]
 
     def probe(self, services: list[Service]) -> str:
         names = " ".join(quote(s.name) for s in services)
@@ -56,3 +79,17 @@ class Termux(ServiceManager):
             name = quote(s.name)
             lines.append(f"sv down {SV_DIR}/{name} 2>/dev/null; rm -f {SV_DIR}/{name}")
         return "\n".join(lines) + "\ntrue\n"
+
+    def state_script(self, names: str) -> str:
+        return (
+            f"for tk_s in {names}; do\n"
+            f'  sv status {SV_DIR}/"$tk_s" 2>&1 | head -n 1 | '
+            f'awk -v n="$tk_s" -v mark={STATE_MARK} {quote(STATE_AWK)}\n'
+            "done"
+        )
+
+    def log_location(self, service: Service, data_dir: str) -> str:
+        return f"{data_dir}/logs/{service.name}/current"
+
+    def log_script(self, name: str, lines: int, cursor: str | None = None) -> str:
+        return file_log_script(f'"$TK_DATA"/logs/{name}/current', lines, cursor)

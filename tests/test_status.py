@@ -1,0 +1,166 @@
+"""`toolkit status` on a real site: the real engine (xllamacpp) serving Gemma and the proxy, under
+supervisord, applied by the real CLI into a temporary data dir.
+
+The engine is killed with SIGKILL: status must show it restarted, how it ended and its last log
+lines. A stopped proxy makes status exit 1. No playbook is given to status: it reads what apply
+wrote on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import GEMMA_SHA256, free_port
+from tests.test_apply_e2e import GEMMA, Workspace, wait_for
+
+ENGINE = f"engine-{GEMMA}"
+
+
+def local_site(root: Path, gguf: Path, **model_args) -> Workspace:
+    """The quick-start playbook on free ports, the model taken from the assembled file (no
+    download), and ``model_args`` merged into the model's args."""
+    ws = Workspace(root, free_port())
+    plays = yaml.safe_load(ws.playbook.read_text())
+    model = plays[0]["models"][0]
+    model["source"] = {"path": str(gguf)}
+    model["sha256"] = GEMMA_SHA256
+    model["args"] = {**model["args"], **model_args}
+    ws.playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
+    return ws
+
+
+def stop_site(ws: Workspace) -> None:
+    ws.toolkit("down", str(ws.playbook))
+    for pid, _ in ws.processes():  # should be none; never leave a daemon behind
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, gemma_gguf):
+    ws = local_site(tmp_path_factory.mktemp("status"), gemma_gguf)
+    first = ws.apply()
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        yield ws
+    finally:
+        stop_site(ws)
+
+
+def status(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
+    return ws.toolkit("status", *args, timeout=120)
+
+
+def status_json(ws: Workspace) -> tuple[int, dict]:
+    result = status(ws, "--json")
+    (host,) = json.loads(result.stdout)
+    return result.returncode, host
+
+
+def test_status_of_a_healthy_site_exits_0_and_tells_everything(site):
+    reply = httpx.post(
+        f"http://127.0.0.1:{site.port}/v1/completions",
+        json={"model": GEMMA, "prompt": "The capital of France is", "max_tokens": 4},
+        timeout=120,
+    )
+    assert reply.status_code == 200
+    result = status(site)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "localhost: healthy (supervisor;" in out
+    engine = re.search(rf"^\s+{ENGINE}\s+running\s+(\d+)\s+\S+\s+0\s+(\d+) MB\s+{GEMMA}\s+"
+                       rf"{site.port + 1}\s+200 \d+ ms", out, re.M)  # fmt: skip
+    assert engine, out
+    assert int(engine[2]) > 100  # the model is in the engine's memory
+    assert re.search(rf"^\s+proxy\s+running\s+\d+ .*\s{site.port}\s+200 \d+ ms", out, re.M), out
+    assert re.search(rf"proxy: {GEMMA}: [1-9]\d* requests, 0 errors", out), out
+    assert re.search(r"disk: models 2\d\d MB, [\d.]+ [MG]B free", out), out
+
+    code, host = status_json(site)
+    assert code == 0 and host["healthy"] and host["manager"] == "supervisor"
+    by_name = {s["name"]: s for s in host["services"]}
+    assert by_name[ENGINE]["models"] == [GEMMA] and by_name[ENGINE]["port"] == site.port + 1
+    assert by_name[ENGINE]["pid"] == site.supervisor_pids()[ENGINE]
+    assert host["traffic"][GEMMA]["requests"] >= 1
+    assert host["models_bytes"] > 200_000_000 and host["free_bytes"] > 0
+
+
+def test_engine_killed_shows_restarted_with_its_exit_and_log_tail(site):
+    old_pid = site.supervisor_pids()[ENGINE]
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(lambda: site.supervisor_pids().get(ENGINE, old_pid) != old_pid, "a new engine pid")
+    code, host = status_json(site)
+    engine = {s["name"]: s for s in host["services"]}[ENGINE]
+    assert engine["restarts"] == 1, engine
+    assert engine["last_exit"] == "signal SIGKILL", engine
+    assert engine["log_tail"] and any("listening on" in line for line in engine["log_tail"])
+    text = status(site).stdout
+    assert f"{ENGINE}: restarted 1x, last ended: signal SIGKILL; last " in text, text
+    assert "    | listening on" in text, text
+
+    def healthy_again() -> bool:
+        return status_json(site)[0] == 0
+
+    wait_for(healthy_again, "status to say healthy again", attempts=60)
+
+
+def test_a_stopped_service_makes_status_exit_1(site):
+    ctl = [str(site.data / "venv/bin/supervisorctl"), "-c",
+           str(site.data / "supervisor/supervisord.conf")]  # fmt: skip
+    subprocess.run([*ctl, "stop", "proxy"], capture_output=True, timeout=60)
+    try:
+        result = status(site)
+        assert result.returncode == 1, result.stdout
+        assert "localhost: NOT HEALTHY" in result.stdout
+        assert re.search(r"^\s+proxy\s+stopped\s", result.stdout, re.M), result.stdout
+    finally:
+        subprocess.run([*ctl, "start", "proxy"], capture_output=True, timeout=60)
+
+
+def test_watch_redraws_until_interrupted(site):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "status",
+            "--watch",
+            "--every",
+            "0.5",
+            "-i",
+            str(site.inventory),
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=site.env,
+    )
+    try:
+        time.sleep(6)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.count("\x1b[H\x1b[2J") >= 2, out  # drawn again in place
+    assert out.count("localhost: healthy") >= 2
+
+
+def test_no_manifest_is_a_clear_error(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "toolkit_data_dir": str(tmp_path / "empty")}}}}))  # fmt: skip
+    ws = Workspace(tmp_path, free_port())
+    ws.inventory = inventory
+    result = ws.toolkit("status")
+    assert result.returncode == 1
+    assert "no services manifest in " in result.stdout and "apply a playbook first" in result.stdout
