@@ -30,7 +30,7 @@ STATE_AWK = r"""
   if (match(line, /\(pid [0-9]+\) /)) {
     pid = substr(line, RSTART + 5, RLENGTH - 7); sub(/\(pid [0-9]+\) /, "", line)
   }
-  if (match(line, /: [0-9]+s/)) up = substr(line, RSTART + 2, RLENGTH - 3)
+  if (st == "running" && match(line, /: [0-9]+s/)) up = substr(line, RSTART + 2, RLENGTH - 3)
   printf "%s\t%s\t%s\t%s\t%s\t-\t%s\n", mark, n, st, pid, up, ex
 }
 """
