@@ -378,12 +378,14 @@ def exited_message(failed: dict[str, dict], logs: dict[str, str]) -> str:
     for name, seen in failed.items():
         how = seen.get("exit") or seen.get("state", "exited")
         restarts = seen.get("restarts", "")
-        counted = f", restarted {restarts} times" if restarts.isdigit() else ""
+        counted = (
+            f", {restarts} restart{'' if restarts == '1' else 's'}" if restarts.isdigit() else ""
+        )
         lines = seen.get("log", [])[-EXIT_LOG_LINES:]
         where = logs.get(name, "its log")
         text = f"{name} exited while apply waited on its health ({how}{counted})"
         if lines:
-            text += f"; last {len(lines)} lines of {where}:\n" + "\n".join(
+            text += f"\nlast {len(lines)} lines of {where}:\n" + "\n".join(
                 f"  | {line}" for line in lines
             )
         else:

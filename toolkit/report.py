@@ -124,7 +124,7 @@ class Reporter:
         if result.failed:
             word = "UNREACHABLE" if result.unreachable else "FAILED"
             first, _, details = result.error.partition("\n")
-            more = " (its log is in the recap)" if details else ""
+            more = " (its log is in the recap below)" if details else ""
             self._echo(f"{result.host}: {word}: {first}{more}", fg="red", bold=True)
             return
         for model, check in result.verify.items():

@@ -24,11 +24,11 @@ END {
   else if (a == "activating") st = "starting"
   else if (a == "failed") st = "crashed"
   else if (a == "deactivating") st = "stopping"
-  c = v["ExecMainCode"]; ex = "-"
+  c = v["ExecMainCode"] + 0; ex = "-"
   if (c == 1 && v["ExecMainStatus"] != "") ex = "exit " v["ExecMainStatus"]
   else if (c == 2 || c == 3) ex = "signal " v["ExecMainStatus"]
-  pid = (v["MainPID"] > 0) ? v["MainPID"] : "-"
-  up = "-"; t = v["ExecMainStartTimestampMonotonic"]
+  pid = (v["MainPID"] + 0 > 0) ? v["MainPID"] + 0 : "-"
+  up = "-"; t = v["ExecMainStartTimestampMonotonic"] + 0
   if (pid != "-" && t > 0 && now > 0) up = int(now - t / 1000000)
   rs = (v["NRestarts"] != "") ? v["NRestarts"] : "-"
   printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, n, st, pid, up, rs, ex
