@@ -80,7 +80,9 @@ class Watcher:
         self.checked = time.monotonic()
         found = {}
         for name, now in read_states(self.script).items():
-            before = self.first.setdefault(name, now)
+            before = self.first.setdefault(name, dict(now))
+            if not before["pid"].isdigit():
+                before["pid"] = now["pid"]  # its first pid (it had none while starting)
             self.stopped[name] = self.stopped.get(name, 0) + 1 if now["state"] == "stopped" else 0
             restarted = (
                 now["restarts"].isdigit()
