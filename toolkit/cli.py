@@ -199,7 +199,8 @@ def status(pattern, inventory, watch, every, as_json, accept_new_host_keys):
 @click.argument("host")
 @click.argument("service", required=False)
 @click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))
-@click.option("-n", "--lines", default=20, show_default=True, help="Last lines to show.")
+@click.option("-n", "--lines", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Last lines to show.")  # fmt: skip
 @click.option("-f", "--follow", is_flag=True, help="Print new lines until Ctrl-C.")
 @click.option("--accept-new-host-keys", is_flag=True)
 def logs(host, service, inventory, lines, follow, accept_new_host_keys):

@@ -93,10 +93,13 @@ def show(
     listed = read_manifest(conn, host)
     services = select(listed, wanted)
     many = len(services) > 1
-    read = read_logs(conn, host, listed, services, lines)
+    # at least one line, so the journal says where it ends (it gives no cursor for none)
+    read = read_logs(conn, host, listed, services, max(lines, 1))
     cursors: dict[str, str | None] = {}
     for entry in services:
         text, cursors[entry.name] = read.get(entry.name, ("", None))
+        if lines == 0:
+            text = ""
         if many and not follow:
             echo(f"==> {entry.name} ({entry.log}) <==")
         _print(text, entry.name if many and follow else "", echo)

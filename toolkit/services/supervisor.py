@@ -22,17 +22,20 @@ _CTL = '"$TK_DATA/venv/bin/supervisorctl" -c "$TK_DATA/supervisor/supervisord.co
 
 # `supervisorctl status` lines ("NAME  RUNNING  pid 12, uptime 1 day, 0:00:05") on stdin, and
 # supervisord's own log (logf), whose "exited: NAME (exit status 2; not expected)" lines since
-# its last start count the restarts and tell how each service last ended.
+# its last start count the restarts and tell how each service last ended. One that exited since
+# it last reached RUNNING ("success: NAME entered RUNNING state") and is STARTING is restarting.
 STATE_AWK = r"""
 BEGIN {
   while ((getline l < logf) > 0) {
-    if (index(l, "supervisord started with pid")) { split("", r); split("", x) }
+    if (index(l, "supervisord started with pid")) { split("", r); split("", x); split("", c) }
+    p = index(l, " success: ")
+    if (p) { split(substr(l, p + 10), w, " "); c[w[1]] = 0 }
     p = index(l, " exited: ")
     if (p) {
       rest = substr(l, p + 9); sp = index(rest, " (")
       n = substr(rest, 1, sp - 1); why = substr(rest, sp + 2)
       sub(/;.*/, "", why); sub(/\).*/, "", why)
-      r[n]++; x[n] = why
+      r[n]++; c[n]++; x[n] = why
     }
   }
 }
@@ -42,7 +45,8 @@ END {
   for (i = 1; i <= k; i++) {
     n = list[i]; line = seen[n]; split(line, f, " "); s = f[2]
     st = "stopped"
-    if (s == "RUNNING") st = "running"; else if (s == "STARTING") st = "starting"
+    if (s == "RUNNING") st = "running"
+    else if (s == "STARTING") st = (c[n] > 0) ? "restarting" : "starting"
     else if (s == "BACKOFF") st = "restarting"; else if (s == "EXITED" || s == "FATAL") st = "crashed"
     else if (s == "STOPPING") st = "stopping"
     pid = "-"; if (match(line, /pid [0-9]+/)) pid = substr(line, RSTART + 4, RLENGTH - 4)
