@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -152,14 +153,21 @@ def test_watch_redraws_until_interrupted(site):
         text=True,
         env=site.env,
     )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
-        time.sleep(6)
+        deadline = time.monotonic() + 300  # each redraw is a probe: slow on a loaded machine
+        while time.monotonic() < deadline and sum("localhost: healthy" in x for x in seen) < 2:
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+        proc.wait(timeout=60)
+        reader.join(timeout=30)
+    out = "".join(seen)
+    assert proc.returncode == 0, proc.stderr.read()
     assert out.count("\x1b[H\x1b[2J") >= 2, out  # drawn again in place
-    assert out.count("localhost: healthy") >= 2
+    assert out.count("localhost: healthy") >= 2, out
 
 
 def test_no_manifest_is_a_clear_error(tmp_path):
