@@ -46,6 +46,7 @@ from toolkit.assets import proxy_dir, templates_dir  # noqa: E402
 from toolkit.desired import HEALTH_CHECK, design_host  # noqa: E402
 from toolkit.hosts.facts import Facts  # noqa: E402
 from toolkit.resources.runtime import proxy_requirements  # noqa: E402
+from toolkit.runtimes import RUNTIMES  # noqa: E402
 from toolkit.site import load_site  # noqa: E402
 
 STANDIN = REPO / "tests" / "llama_standin.py"
@@ -166,7 +167,7 @@ class Site:
                     "name": item.model.name,
                     "aliases": item.model.aliases,
                     "backends": [item.backend],
-                    "capabilities": item.capabilities,
+                    "capabilities": RUNTIMES[item.model.runtime].capabilities(item.model),
                 }
             )
         return {

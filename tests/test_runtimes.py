@@ -68,7 +68,7 @@ def test_llamacpp_design_one_engine_per_model_ports_after_the_proxy(tmp_path) ->
     assert "-c" in engine_a.argv and "4096" in engine_a.argv
     assert engine_a.health_url == "http://127.0.0.1:9002/health"
     assert "model:a" in engine_a.inputs and "file:bin/xllamacpp_server.py" in engine_a.inputs
-    assert design.served[0].capabilities == {"max_context": 2048}
+    assert RUNTIMES["llamacpp"].capabilities(design.served[0].model) == {"max_context": 2048}
     assert design.served[0].backend == {"url": "http://127.0.0.1:9002", "runtime": "llamacpp"}
     assert design.pip == ["xllamacpp"]
     assert [s.name for s in design.services] == ["engine-a", "engine-b", "proxy"]
@@ -98,7 +98,7 @@ def test_routes_file_comes_from_the_runtime(tmp_path) -> None:
     p = play(tmp_path, model("a", "{ctx_size: 1024}"))
     design = design_host(p, Host("h", {}, ["all"]), FACTS)
     ctx = type("Ctx", (), {"host": Host("h", {}, ["all"])})()
-    text = render_routes(ctx, design.served, p)
+    text = render_routes(ctx, design.served)
     assert '"runtime": "llamacpp"' in text or 'runtime: "llamacpp"' in text
     assert '"max_context": 1024' in text
 

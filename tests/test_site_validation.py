@@ -52,6 +52,28 @@ CASES = {
     "port is a boolean": ("- hosts: all\n  proxy: {port: true}\n", "2:17", "must be an integer"),
     "port out of range": ("- hosts: all\n  proxy: {port: 70000}\n", "2:17", "between 1 and 65535"),
     "no proxy workers": ("- hosts: all\n  proxy: {workers: 0}\n", "2:20", "workers must be at least 1"),
+    "proxy keys file missing": (
+        "- hosts: all\n  proxy: {keys: /no/such/api-keys}\n", "2:17",
+        "proxy keys: no file /no/such/api-keys on this machine",
+    ),
+    "proxy keys twice": (
+        "- hosts: all\n  proxy: {keys: generate, keys_file: /etc/k}\n", "2:11",
+        'proxy takes "keys" (toolkit delivers them) or "keys_file"',
+    ),
+    "proxy tls misspelt": (
+        "- hosts: all\n  proxy: {tls: selfsigned}\n", "2:16",
+        '(did you mean "self-signed"?)',
+    ),
+    "proxy server unknown": (
+        "- hosts: all\n  proxy: {server: gunicorn}\n", "2:19",
+        "must be one of builtin, uvicorn",
+    ),
+    "negative quota": ("- hosts: all\n  max_disk_gb: -1\n", "2:16", "max_disk_gb must be more than 0"),
+    "url source not http": (
+        "- hosts: all\n  runtimes: {llamacpp: {}}\n  models:\n    - name: m\n      runtime: llamacpp\n"
+        "      sha256: " + "a" * 64 + "\n      source: {url: 'ftp://x/m.gguf'}\n",
+        "7:21", "must start with http:// or https://",
+    ),
     "proxy workers a word": (
         "- hosts: all\n  proxy: {workers: two}\n", "2:20", '"workers" in proxy must be an integer',
     ),

@@ -241,5 +241,192 @@ def proxy(args):
     sys.exit(proxy_main(list(args), prog="toolkit proxy"))
 
 
+# --- day two: models and serve (toolkit/models/catalog.py, toolkit/serve.py) ----------------
+
+
+@main.group()
+def models():
+    """The models on the workstation and on each host: list, inspect, verify, remove."""
+
+
+def _hosts(inventory: str | None, pattern: str | None):
+    from toolkit.assets import asset_path
+    from toolkit.inventory import load_inventory
+
+    if pattern is None:
+        return []
+    inv = load_inventory(inventory or asset_path("inventory/localhost.yml"))
+    return inv.select(pattern)
+
+
+def _on_hosts(hosts, work):
+    """``work(host, conn, data_dir)`` on each host in parallel: {host name: result or error}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.hosts.connect import connect
+
+    def one(host):
+        try:
+            with connect(host) as conn:
+                return host.name, work(host, conn, host.vars.get("toolkit_data_dir"))
+        except Exception as exc:  # one host's failure is reported, the others go on
+            return host.name, ToolkitError(f"{host.name}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        return dict(pool.map(one, hosts))
+
+
+def _host_option(func):
+    func = click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))(func)
+    return click.option("--host", "pattern", default="all", show_default=True,
+                        help="Hosts whose placed models to include.")(func)  # fmt: skip
+
+
+@models.command("list")
+@_host_option
+@click.option("--json", "as_json", is_flag=True)
+def models_list(pattern, inventory, as_json):
+    """The workstation's store and each host's placed models: size, sha256, services using it."""
+    from toolkit.models.catalog import host_models, workstation_models
+    from toolkit.models.store import controller_store
+
+    store = controller_store()
+    found = workstation_models(store)
+    names = {m.sha256: m.name for m in found}
+    failed = False
+    listing = _on_hosts(_hosts(inventory, pattern), lambda h, c, d: host_models(h.name, c, d))
+    for result in listing.values():
+        if isinstance(result, Exception):
+            click.echo(f"error: {result}", err=True)
+            failed = True
+            continue
+        for m in result:
+            m.name = m.name or names.get(m.sha256, "")
+        found += result
+    if as_json:
+        click.echo(json.dumps([m.as_dict() for m in found], indent=2))
+    else:
+        click.echo(f"{'WHERE':<16} {'SHA256':<14} {'SIZE':>9}  {'NAME':<36} USED BY")
+        for m in found:
+            click.echo(f"{m.where:<16} {m.sha256[:12]:<14} {m.size / 1e6:>7.0f}MB  "
+                       f"{m.name or '-':<36} {', '.join(m.used_by) or '-'}")  # fmt: skip
+    sys.exit(EXIT_ERROR if failed else EXIT_OK)
+
+
+@models.command("inspect")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True)
+def models_inspect(target, as_json):
+    """What a GGUF says of itself: TARGET is a file, a sha256 prefix or a cached file name."""
+    from pathlib import Path
+
+    from toolkit.models.catalog import describe, resolve, workstation_models
+    from toolkit.models.store import controller_store
+
+    try:
+        path = Path(target)
+        if not path.is_file():
+            store = controller_store()
+            path = store.blob_path(resolve(store, target, workstation_models(store)))
+        details = describe(path)
+    except ToolkitError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return
+    for key, value in details.items():
+        click.echo(f"{key:<16} {value}")
+
+
+@models.command("verify")
+@_host_option
+def models_verify(pattern, inventory):
+    """Hash every placed model on the hosts again; exit 1 when one differs from its sha256."""
+    from toolkit.models.catalog import verify_host
+
+    bad = False
+    for host, result in _on_hosts(
+        _hosts(inventory, pattern), lambda h, c, d: verify_host(c, d)
+    ).items():
+        if isinstance(result, Exception):
+            click.echo(f"error: {result}", err=True)
+            bad = True
+            continue
+        for sha, ok in result.items():
+            bad |= not ok
+            click.echo(f"{host}: {sha[:12]} {'ok' if ok else 'DIFFERS from its sha256'}")
+    sys.exit(EXIT_ERROR if bad else EXIT_OK)
+
+
+@models.command("remove")
+@click.argument("name")
+@_host_option
+def models_remove(name, pattern, inventory):
+    """Remove a model (sha256 prefix or file name) from the workstation and the hosts; refused
+    on a host where a service still uses it."""
+    from toolkit.models.catalog import (
+        host_models,
+        remove_from_host,
+        resolve,
+        workstation_models,
+    )
+    from toolkit.models.store import controller_store
+
+    store = controller_store()
+    hosts = _hosts(inventory, pattern)
+    placed = _on_hosts(hosts, lambda h, c, d: host_models(h.name, c, d))
+    known = workstation_models(store) + [
+        m for result in placed.values() if not isinstance(result, Exception) for m in result
+    ]
+    try:
+        sha = resolve(store, name, known)
+    except ToolkitError as exc:
+        fail(exc)
+    users = {m.where: m.used_by for m in known if m.sha256 == sha and m.used_by}
+    if users:
+        fail(ToolkitError(f"{sha[:12]} is used by " + "; ".join(
+            f"{where}: {', '.join(services)}" for where, services in users.items()
+        ) + " (stop them first: toolkit down PLAYBOOK)"))  # fmt: skip
+    holding = [h for h in hosts if any(m.sha256 == sha for m in placed.get(h.name) or [])]
+    _on_hosts(holding, lambda h, c, d: remove_from_host(c, d, sha))
+    if store.has(sha):
+        store.blob_path(sha).unlink()
+    click.echo(f"removed {sha[:12]} from the workstation"
+               + "".join(f", {h.name}" for h in holding))  # fmt: skip
+
+
+@main.command()
+@click.argument("target")
+@click.option("--port", default=8080, show_default=True, help="The proxy's port.")
+@click.option("--ctx-size", default=4096, show_default=True)
+@click.option("--sha256", help="Pin the file (default: hashed here, or the Hub's own sha256).")
+@click.option("--data-dir", help="Where it runs (default ~/.local/share/toolkit/serve/NAME).")
+def serve(target, port, ctx_size, sha256, data_dir):
+    """Serve one model here with the proxy in front: TARGET is a GGUF file or
+    hf:org/repo/file.gguf. Ctrl-C stops it (files and models stay)."""
+    from toolkit.engine import Engine, stop_all
+    from toolkit.report import Reporter
+    from toolkit.serve import wait_for_stop, write_playbook
+    from toolkit.site import load_site
+
+    try:
+        playbook = write_playbook(target, port, ctx_size, sha256, data_dir)
+        site = load_site(playbook)
+    except ToolkitError as exc:
+        fail(exc)
+    click.echo(f"playbook: {playbook}")
+    reporter = Reporter()
+    results = Engine(site, RunOptions(), reporter).run()
+    reporter.recap(results, sum(r.seconds for r in results), False)
+    reporter.endpoints(results)
+    if any(r.failed for r in results):
+        stop_all(site, reporter, RunOptions())
+        sys.exit(EXIT_ERROR)
+    click.echo("serving; Ctrl-C to stop")
+    wait_for_stop()
+    stop_all(site, reporter, RunOptions())
+    click.echo("stopped")
+
+
 if __name__ == "__main__":
     main()

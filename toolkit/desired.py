@@ -7,10 +7,11 @@ services last (they restart when any of their inputs changed in this run).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.assets import proxy_dir
+from toolkit.credentials import keys_file_content, tls_pair
 from toolkit.errors import ToolkitError
 from toolkit.hosts.facts import Facts
 from toolkit.inventory import Host
@@ -32,6 +33,9 @@ from toolkit.templates import render
 HEALTH_CHECK = Path(__file__).with_name("services") / "health_check.py"
 HEALTH_CHECK_RELPATH = "bin/health_check.py"
 ROUTES_RELPATH = "proxy/routes.yml"
+KEYS_RELPATH = "proxy/api-keys"
+TLS_CERT_RELPATH = "proxy/tls/cert.pem"
+TLS_KEY_RELPATH = "proxy/tls/key.pem"
 
 
 def choose_manager(play: Play, facts: Facts) -> ServiceManager:
@@ -64,6 +68,9 @@ class HostDesign:
     manager: ServiceManager
     proxy_port: int | None
     installs: dict[str, Install]  # runtime name -> how it is installed here
+    notices: list[str] = field(default_factory=list)  # for the recap: certificates, warnings
+    proxy_scheme: str = "http"  # https when the proxy has a certificate
+    keys_file: str | None = None  # the proxy's keys file on the host, when it has keys
 
     @property
     def pip(self) -> list[str]:
@@ -123,33 +130,15 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
     ordered = [served[m.name] for m in play.models]
     services = list({item.service.name: item.service for item in ordered}.values())
 
+    notices: list[str] = []
+    keys_file = None
     if play.proxy:
-        resources.append(
-            File(ROUTES_RELPATH, lambda ctx: render_routes(ctx, ordered, play).encode())
+        proxy_resources, proxy_service, keys_file = design_proxy(
+            play, host, data, ordered, proxy_code
         )
-        services.append(
-            Service(
-                name="proxy",
-                description=f"OpenAI proxy on {play.proxy.host}:{play.proxy.port}",
-                argv=[
-                    f"{data}/venv/bin/python",
-                    "-m",
-                    "proxy",
-                    "--routes",
-                    f"{data}/{ROUTES_RELPATH}",
-                    "--host",
-                    play.proxy.host,
-                    "--port",
-                    str(play.proxy.port),
-                    "--workers",
-                    str(play.proxy.workers),
-                ],  # fmt: skip
-                workdir=f"{data}/app",
-                env={"PYTHONPATH": f"{data}/app", "PYTHONUNBUFFERED": "1"},
-                health_url=f"http://127.0.0.1:{play.proxy.port}/health",
-                inputs=["runtime:venv", proxy_code.id],
-            )
-        )
+        resources += proxy_resources
+        services.append(proxy_service)
+        notices += proxy_notices(play, host)
 
     manager = choose_manager(play, facts)
     definitions = manager.definitions(services, data, host.name)
@@ -166,17 +155,87 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
     resources.append(Services(manager, services, {f.id for f in definition_files}))
     resources += after_start
     return HostDesign(
-        resources, ordered, services, manager, play.proxy.port if play.proxy else None, installs
+        resources,
+        ordered,
+        services,
+        manager,
+        play.proxy.port if play.proxy else None,
+        installs,
+        notices,
+        "https" if play.proxy and play.proxy.tls else "http",
+        keys_file,
     )
 
 
-def render_routes(ctx: HostContext, served: list[Served], play: Play) -> str:
+def design_proxy(
+    play: Play, host: Host, data: str, served: list[Served], code: Tree
+) -> tuple[list[Resource], Service, str | None]:
+    """The proxy's files (routes, delivered keys, TLS certificate), its service, and where its
+    keys file is on the host."""
+    proxy = play.proxy
+    assert proxy is not None
+    files: list[File] = []
+    keys_file = proxy.keys_file
+    if proxy.keys:
+        keys = proxy.keys
+        files.append(
+            File(KEYS_RELPATH, lambda ctx: keys_file_content(keys, host.name), 0o600, secret=True)
+        )
+        keys_file = f"{data}/{KEYS_RELPATH}"
+    tls = None
+    if proxy.tls:
+        pair = tls_pair(proxy.tls, host.name, host.address or host.name)
+        files.append(File(TLS_CERT_RELPATH, lambda ctx: pair.cert))
+        files.append(File(TLS_KEY_RELPATH, lambda ctx: pair.key, 0o600, secret=True))
+        tls = {"cert": f"{data}/{TLS_CERT_RELPATH}", "key": f"{data}/{TLS_KEY_RELPATH}"}
+    routes = File(ROUTES_RELPATH, lambda ctx: render_routes(ctx, served, keys_file, tls).encode())
+    scheme = "https" if tls else "http"
+    argv = [
+        f"{data}/venv/bin/python", "-m", "proxy", "--routes", f"{data}/{ROUTES_RELPATH}",
+        "--host", proxy.host, "--port", str(proxy.port), "--workers", str(proxy.workers),
+    ]  # fmt: skip
+    if proxy.server != "builtin":
+        argv += ["--server", proxy.server]
+    service = Service(
+        name="proxy",
+        description=f"OpenAI proxy on {proxy.host}:{proxy.port}",
+        argv=argv,
+        workdir=f"{data}/app",
+        env={"PYTHONPATH": f"{data}/app", "PYTHONUNBUFFERED": "1"},
+        health_url=f"{scheme}://127.0.0.1:{proxy.port}/health",
+        # keys reload by themselves; a certificate is read at start only
+        inputs=["runtime:venv", code.id] + [f.id for f in files if f.relpath != KEYS_RELPATH],
+    )
+    return [*files, routes], service, keys_file
+
+
+def proxy_notices(play: Play, host: Host) -> list[str]:
+    """What the recap should say of this host's proxy (never a key itself)."""
+    proxy = play.proxy
+    assert proxy is not None
+    notices = []
+    if proxy.tls:
+        pair = tls_pair(proxy.tls, host.name, host.address or host.name)
+        trust = f"; clients trust {pair.ca_file}" if pair.ca_file else ""
+        notices.append(f"proxy TLS certificate SHA-256 {pair.fingerprint}{trust}")
+    keyed = proxy.keys or proxy.keys_file
+    if keyed and not proxy.tls and proxy.host not in ("127.0.0.1", "localhost", "::1"):
+        notices.append(
+            f"warning: the proxy listens on {proxy.host} with API keys but without TLS: keys "
+            "travel in clear text (set proxy.tls)"
+        )
+    return notices
+
+
+def render_routes(
+    ctx: HostContext, served: list[Served], keys_file: str | None = None, tls: dict | None = None
+) -> str:
     routes = [
         {
             "name": item.model.name,
             "aliases": item.model.aliases,
             "backends": [item.backend],
-            "capabilities": item.capabilities,
+            "capabilities": RUNTIMES[item.model.runtime].capabilities(item.model),
         }
         for item in served
     ]
@@ -184,7 +243,8 @@ def render_routes(ctx: HostContext, served: list[Served], play: Play) -> str:
         "routes.yml.j2",
         host=ctx.host.name,
         routes=routes,
-        keys_file=play.proxy.keys_file if play.proxy else None,
+        keys_file=keys_file,
+        tls=tls,
     )
 
 
@@ -194,10 +254,12 @@ def health_spec(design: HostDesign, deadline_s: float = 300) -> str:
     spec = {
         "urls": [s.health_url for s in design.services if s.health_url],
         "deadline_s": deadline_s,
+        "keys_file": design.keys_file,
     }
     if design.proxy_port:
         spec["verify"] = [
-            {"url": f"http://127.0.0.1:{design.proxy_port}/v1", "model": item.model.name,
+            {"url": f"{design.proxy_scheme}://127.0.0.1:{design.proxy_port}/v1",
+             "model": item.model.name,
              "kind": item.verify}
             for item in design.served
         ]  # fmt: skip

@@ -25,9 +25,12 @@ from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable,
 from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
+from toolkit.preflight import check_disk, check_memory
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.resources.model import ModelFile
 from toolkit.runtimes import binaries
 from toolkit.site import Play, Site
+from toolkit.workstation import cache_dir
 
 MARK = "@@toolkit@@"
 
@@ -148,8 +151,7 @@ class FactsCache:
     """
 
     def __init__(self, root: Path | None = None):
-        state = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        self.root = root or Path(os.environ.get("TOOLKIT_CACHE_DIR") or f"{state}/toolkit")
+        self.root = root or cache_dir()
 
     def _path(self, host: Host, data_dir: str | None) -> Path:
         key = f"{host.name}@{host.address}:{host.port}:{data_dir or ''}".replace("/", "_")
@@ -302,6 +304,9 @@ class Engine:
                 pending.add(resource.id)
                 result.changes.append(change)
                 self.reporter.change(host.name, change, planned=self.options.check)
+        if result.changes:
+            ctx.preflight = self.preflight(play, facts, result.changes)
+            ctx.preflight()
         if self.options.check:
             return
         if not result.changes:
@@ -315,6 +320,22 @@ class Engine:
             self.reporter.step(host.name, change)
             change.resource.apply(change, ctx)
         self.verify(ctx, design, result)
+
+    @staticmethod
+    def preflight(play: Play, facts: Facts, changes: list[Change]):
+        """Memory and disk checks of the host's models, with what is known of them now (their
+        files' size and header once they are in the workstation's store)."""
+        placing = [
+            c.resource.model
+            for c in changes
+            if isinstance(c.resource, ModelFile) and c.data in ("place", "replace")
+        ]
+
+        def check() -> None:
+            check_memory(play.models, facts)
+            check_disk(placing, play.models, facts, play.max_disk_gb)
+
+        return check
 
     def verify(self, ctx: HostContext, design: HostDesign, result: HostResult) -> None:
         """Wait on every service's health check, then one request per model via the proxy.

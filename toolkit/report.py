@@ -7,7 +7,6 @@ instead. Every run is appended to ``$XDG_STATE_HOME/toolkit/history.jsonl``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -15,8 +14,10 @@ from pathlib import Path
 
 import click
 
+from toolkit.credentials import MADE_THIS_RUN, generated_key_path
 from toolkit.hosts.facts import Facts
 from toolkit.runtimes import RUNTIMES
+from toolkit.workstation import state_dir
 
 
 def _gib(kb: int) -> str:
@@ -29,14 +30,17 @@ class Reporter:
         self.stream = stream or sys.stdout
         self.color = not json_events and self.stream.isatty()
         self.lock = threading.Lock()
+        self.bars = None  # live transfer bars (toolkit.progress), on a terminal only
 
     # -- output primitives ----------------------------------------------------------------
 
     def _echo(self, text: str = "", fg: str | None = None, bold: bool = False) -> None:
+        line = click.style(text, fg=fg, bold=bold) if self.color else text
         with self.lock:
-            click.echo(
-                click.style(text, fg=fg, bold=bold) if self.color else text, file=self.stream
-            )
+            if self.bars is not None and self.bars.live:
+                self.bars.write(line)  # above the bars, which stay at the bottom
+            else:
+                click.echo(line, file=self.stream)
 
     def _event(self, kind: str, **fields) -> None:
         with self.lock:
@@ -96,7 +100,14 @@ class Reporter:
             self._echo(f"{host}: {'':>12}  {text}")
 
     def progress(self, host: str, label: str):
-        """A callback for long transfers: prints at most every 10% (or every 5 s)."""
+        """A callback for long transfers: a live bar on a terminal; elsewhere a line at most
+        every 10% (or every 5 s), or a JSON event."""
+        if self.color:
+            if self.bars is None:
+                from toolkit.progress import LiveBars
+
+                self.bars = LiveBars(self.stream)
+            return self.bars.bar(host, label)
         state = {"shown": -1, "at": 0.0}
 
         def update(done: int, total: int | None) -> None:
@@ -139,7 +150,8 @@ class Reporter:
     def recap(self, results, seconds: float, check: bool) -> None:
         if self.json:
             self._event("recap", seconds=round(seconds, 3), check=check, hosts=[
-                {"host": r.host, "ok": r.ok, "changed": r.changed, "failed": int(r.failed)}
+                {"host": r.host, "ok": r.ok, "changed": r.changed, "failed": int(r.failed),
+                 "notices": r.design.notices if r.design else []}
                 for r in results
             ])  # fmt: skip
             return
@@ -162,6 +174,16 @@ class Reporter:
                         f"{'':<24} {model}: {v.get('kind', 'chat')} {v['latency_s'] * 1000:.0f} ms, "
                         f"{v['tokens_per_s']} tokens/s"
                     )
+            for notice in r.design.notices if r.design else []:
+                self._echo(f"{'':<24} {notice}", fg="red" if notice.startswith("warning") else None)
+        for host, key in sorted(MADE_THIS_RUN.items()):
+            # The one place a generated key is ever shown: the terminal of the run that made it.
+            self._echo(
+                f"\nAPI key made for {host} (shown once; kept 0600 in {generated_key_path(host)}):"
+                f"\n  {key}",
+                bold=True,
+            )
+        MADE_THIS_RUN.clear()
         self._echo(f"\n{len(results)} host(s) in {seconds:.1f} s")
 
     def endpoints(self, results) -> None:
@@ -186,8 +208,7 @@ class Reporter:
 
 
 def history_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(os.environ.get("TOOLKIT_STATE_DIR") or f"{state}/toolkit") / "history.jsonl"
+    return state_dir() / "history.jsonl"
 
 
 def append_history(command: str, playbook: str, results, seconds: float) -> None:

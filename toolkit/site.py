@@ -80,8 +80,11 @@ class ModelSpec:
 class ProxySpec:
     port: int = 8080
     host: str = "127.0.0.1"
-    keys_file: str | None = None
+    keys_file: str | None = None  # a keys file already on the host
     workers: int = 1  # processes serving the port (python -m proxy --workers)
+    keys: str | None = None  # "generate", or a keys file on the workstation toolkit copies
+    tls: str | dict | None = None  # "self-signed", or {cert, key}: files on the workstation
+    server: str = "builtin"  # the proxy's HTTP server: builtin | uvicorn
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Play:
     proxy: ProxySpec | None
     vars: dict[str, Any]
     service_manager: str = "auto"
+    max_disk_gb: float | None = None  # quota for the model files of this play on each host
     raw: Any = field(default=None, repr=False)  # the play as written, rendered per host
     index: int = 0
 
@@ -202,6 +206,7 @@ PLAY_KEYS = {
     "models": Key((list,)),
     "proxy": Key((dict,)),
     "service_manager": Key((str,), choices=SERVICE_MANAGERS),
+    "max_disk_gb": Key((int, float)),
 }
 MODEL_KEYS = {
     "name": Key((str,), required=True),
@@ -217,13 +222,57 @@ PROXY_KEYS = {
     "host": Key((str,)),
     "keys_file": Key((str,)),
     "workers": Key((int,)),
+    "keys": Key((str,)),
+    "tls": Key((str, dict)),
+    "server": Key((str,), choices=("builtin", "uvicorn")),
 }
+TLS_KEYS = {"cert": Key((str,), required=True), "key": Key((str,), required=True)}
 
 
 def _port(value: int, at: Pos, what: str) -> int:
     if not 1 <= value <= 65535:
         raise at.error(f"{what} must be a port between 1 and 65535, got {value}")
     return value
+
+
+def _workstation_file(value: str, at: Pos, what: str) -> str:
+    if not Path(value).expanduser().is_file():
+        raise at.error(f"{what}: no file {value} on this machine (toolkit copies it to each host)")
+    return value
+
+
+def _keys(conf: PosDict) -> str | None:
+    keys = conf.get("keys")
+    if keys is None:
+        return None
+    if "keys_file" in conf:
+        raise conf.pos_of("keys").error(
+            'proxy takes "keys" (toolkit delivers them) or "keys_file" (already on the host), '
+            "not both"
+        )
+    if keys == "generate":
+        return keys
+    return _workstation_file(keys, conf.vpos_of("keys"), "proxy keys")
+
+
+def _tls(conf: PosDict) -> str | dict | None:
+    tls = conf.get("tls")
+    if tls is None or tls == "self-signed":
+        return tls
+    if isinstance(tls, str):
+        raise conf.vpos_of("tls").error(
+            f'proxy tls must be "self-signed" or {{cert: FILE, key: FILE}}, got "{tls}"'
+            + did_you_mean(tls, ["self-signed"])
+        )
+    files = check_mapping(tls, TLS_KEYS, "proxy tls", conf.vpos_of("tls"))
+    return {k: _workstation_file(files[k], files.vpos_of(k), f"proxy tls {k}") for k in TLS_KEYS}
+
+
+def _quota(conf: PosDict) -> float | None:
+    quota = conf.get("max_disk_gb")
+    if quota is not None and quota <= 0:
+        raise conf.vpos_of("max_disk_gb").error(f"max_disk_gb must be more than 0, got {quota}")
+    return quota
 
 
 def _workers(value: int, at: Pos) -> int:
@@ -359,6 +408,9 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
             host=pconf.get("host", "127.0.0.1"),
             keys_file=pconf.get("keys_file"),
             workers=_workers(pconf.get("workers", 1), pconf.vpos_of("workers")),
+            keys=_keys(pconf),
+            tls=_tls(pconf),
+            server=pconf.get("server", "builtin"),
         )
     if models and proxy is not None:
         used = {proxy.port: "the proxy"}
@@ -379,6 +431,7 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
         proxy=proxy,
         vars=dict(conf.get("vars") or {}),
         service_manager=conf.get("service_manager", "auto"),
+        max_disk_gb=_quota(conf),
     )
 
 

@@ -85,7 +85,8 @@ def probe_script(data_dir: str | None) -> str:
             'cat "$TK_DATA/proxy/routes.yml" 2>/dev/null',
             f"echo '{PART}http'",
             '[ -x "$TK_DATA/venv/bin/python" ] && '
-            '"$TK_DATA/venv/bin/python" - "$TK_DATA/services.json" <<\'TK_PROBE_EOF\'',
+            '"$TK_DATA/venv/bin/python" - "$TK_DATA/services.json" "$TK_DATA/proxy/routes.yml" '
+            "<<'TK_PROBE_EOF'",
             probe.rstrip("\n"),
             "TK_PROBE_EOF",
             f"echo '{PART}disk'",

@@ -244,3 +244,10 @@ def _try_link(source: Path, target: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def controller_store() -> ModelStore:
+    """The workstation's store: ``$TOOLKIT_CACHE_DIR/models`` (default ``~/.cache/toolkit``)."""
+    from toolkit.workstation import cache_dir
+
+    return ModelStore(cache_dir() / "models")

@@ -17,7 +17,7 @@ import httpx
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
 from toolkit.models.sources import fetch
-from toolkit.models.store import ChecksumMismatch
+from toolkit.models.store import ChecksumMismatch, controller_store
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.placement import place_blob
 
@@ -87,8 +87,6 @@ class Archive(Resource):
         return Change(self, f"{verb} {self.release.filename}")
 
     def apply(self, change: Change, ctx: HostContext) -> None:
-        from toolkit.resources.model import controller_store
-
         expected = self.release.sha256 or self._published_sha256()
         try:
             fetched = fetch(

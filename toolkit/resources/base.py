@@ -34,6 +34,8 @@ class HostContext:
     resolved: dict[str, Any] = field(default_factory=dict)  # decisions made from facts
     # progress(label) -> callback(done, total); set by the reporter
     progress: Callable[[str], Callable[[int, int | None], None] | None] = lambda label: None
+    # checks that must pass before a fetched model moves to the host (memory and disk room)
+    preflight: Callable[[], None] = lambda: None
 
     def path(self, relative: str) -> str:
         return f"{self.data_dir}/{relative}"

@@ -15,15 +15,22 @@ END = "@@toolkit-end@@"  # ends a file's content in the probe's output
 class File(Resource):
     """A file under the data dir whose content is computed from the host's context."""
 
-    def __init__(self, relpath: str, content: Callable[[HostContext], bytes], mode: int = 0o644):
+    def __init__(
+        self,
+        relpath: str,
+        content: Callable[[HostContext], bytes],
+        mode: int = 0o644,
+        secret: bool = False,
+    ):
         self.relpath = relpath
         self.id = f"file:{relpath}"
         self.content = content
         self.mode = mode
+        self.secret = secret  # keys: compared by sha256 only, never read back or diffed
 
     def probe(self, options: RunOptions) -> str:
         path = f'"$TK_DATA"/{quote(self.relpath)}'
-        if not options.diff:
+        if not options.diff or self.secret:
             return f"tk_sha {path}"
         # One sha line (empty when there is no file), the content as it is, then an end mark
         # (so a last line without its newline, and trailing blank lines, survive).
@@ -37,7 +44,7 @@ class File(Resource):
             return None
         summary = "update" if current_sha.strip() else "create"
         diff = ""
-        if ctx.options.diff:
+        if ctx.options.diff and not self.secret:
             lines = difflib.unified_diff(
                 current_text.splitlines(keepends=True) if current_sha.strip() else [],
                 wanted.decode(errors="replace").splitlines(keepends=True),
@@ -48,10 +55,14 @@ class File(Resource):
                 line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
                 for line in lines
             )
+        if self.secret:
+            summary += " (a secret: content not shown)"
         return Change(self, summary, diff, data=wanted)
 
     def apply(self, change: Change, ctx: HostContext) -> None:
-        ctx.conn.put_bytes(change.data, ctx.path(self.relpath), self.mode)
+        # Rendered again: what it depends on may have arrived since the plan (a model fetched
+        # earlier in this run brings the capabilities the routes file names).
+        ctx.conn.put_bytes(self.content(ctx), ctx.path(self.relpath), self.mode)
 
 
 class Tree(Resource):

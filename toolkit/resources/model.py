@@ -8,24 +8,16 @@ not hashed again; ``--verify-checksums`` hashes every placed model anyway.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit.hosts.connection import quote
 from toolkit.models.sources import fetch
-from toolkit.models.store import ModelStore, hash_file
+from toolkit.models.store import controller_store, hash_file
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.placement import place_blob
 
 if TYPE_CHECKING:
     from toolkit.site import ModelSpec
-
-
-def controller_store() -> ModelStore:
-    cache = os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "toolkit"
-    )
-    return ModelStore(Path(cache) / "models")
 
 
 def model_relpath(model: ModelSpec) -> str:
@@ -89,6 +81,7 @@ class ModelFile(Resource):
             progress=ctx.progress(f"fetch {self.model.name}"),
             hf_token=os.environ.get("HF_TOKEN"),
         )
+        ctx.preflight()  # the file's size and header are known now: check before it moves
         place_blob(ctx, fetched.path, self.model.sha256, path, f"model {self.model.name}")
 
     def _record(self, ctx: HostContext, path: str) -> None:

@@ -9,6 +9,7 @@ from toolkit.runtimes.base import Runtime
 from toolkit.runtimes.llamacpp import LlamaCpp
 
 RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (LlamaCpp(),)}
+DEFAULT = LlamaCpp.name  # what serves a lone GGUF file (toolkit serve)
 
 
 def binaries() -> list[str]:

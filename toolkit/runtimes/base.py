@@ -54,7 +54,6 @@ class Served:
     port: int
     service: Service  # shared by every model of a one-daemon runtime (Ollama)
     backend: dict[str, Any]  # the routes-file backend: {url, runtime[, model]}
-    capabilities: dict[str, Any] = field(default_factory=dict)  # routes-file capabilities
     verify: str = "chat"  # the request that proves it answers: chat | completion | embedding
 
 
@@ -104,6 +103,11 @@ class Runtime:
     ) -> list[Resource]:
         """What makes a placed model (or a name the runtime pulls) usable by this runtime."""
         return []
+
+    def capabilities(self, model: ModelSpec) -> dict[str, Any]:
+        """The routes file's capabilities of a model (system_role, max_context). Asked each time
+        the routes file is rendered: what they come from (a GGUF header) may arrive in a run."""
+        return {}
 
     def serve(
         self, install: Install, models: list[tuple[ModelSpec, ModelFile | None]],

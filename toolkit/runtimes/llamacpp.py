@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit.errors import ToolkitError
+from toolkit.models.gguf import system_role_supported
+from toolkit.models.metadata import model_info
 from toolkit.resources.files import File
 from toolkit.runtimes.base import Install, Ports, Runtime, Served
 from toolkit.schema import Key
@@ -64,6 +66,13 @@ class LlamaCpp(Runtime):
                 raise args.vpos_of(key).error(
                     f'{key} of model "{model.name}" must be at least {least}, got {args[key]}'
                 )
+        info = model_info(model.sha256)
+        trained = info.context_length if info else None
+        if trained and args.get("ctx_size", 0) > trained:
+            raise args.vpos_of("ctx_size").error(
+                f'ctx_size of model "{model.name}" is {args["ctx_size"]}, beyond the '
+                f"{trained} tokens it was trained for (its GGUF says so); use at most {trained}"
+            )
 
     def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
         found = spec.conf.get("path") or facts.binaries.get(SERVER)
@@ -87,6 +96,9 @@ class LlamaCpp(Runtime):
             )
         raise ToolkitError(f"llama.cpp install strategy {spec.install!r} is not supported yet")
 
+    def capabilities(self, model: ModelSpec) -> dict:
+        return model_capabilities(model)
+
     def serve(self, install, models, ports: Ports, data_dir: str) -> list[Served]:
         served = []
         for model, placed in models:
@@ -104,7 +116,6 @@ class LlamaCpp(Runtime):
                     port,
                     service,
                     backend={"url": f"http://127.0.0.1:{port}", "runtime": self.name},
-                    capabilities=capabilities(model),
                     verify="embedding" if model.args.get("embedding") else "chat",
                 )
             )
@@ -116,12 +127,25 @@ def _path(placed: ModelFile | None, data_dir: str) -> str:
     return f"{data_dir}/{placed.relpath}"
 
 
-def capabilities(model: ModelSpec) -> dict:
-    args = model.args
-    if "ctx_size" not in args or args["ctx_size"] <= 0:
-        return {}
-    # llama.cpp splits the context between its parallel slots
-    return {"max_context": args["ctx_size"] // max(1, args.get("parallel", 1))}
+def model_capabilities(model: ModelSpec) -> dict:
+    """What the proxy should know of the model: the context a request may fill (llama.cpp
+    splits ``ctx_size`` between its parallel slots; 0 or unset means the GGUF's trained
+    context), and whether the chat template keeps a system message (else the proxy folds it
+    into the first user turn). From the GGUF header once the file is in the workstation's store.
+    """
+    args, info = model.args, model_info(model.sha256)
+    found: dict = {}
+    context = args.get("ctx_size") or (info.context_length if info else None)
+    if context:
+        found["max_context"] = context // max(1, args.get("parallel", 1))
+    template = args.get("chat_template")
+    if template is None:
+        known, template = info is not None, info.chat_template if info else None
+    else:  # a built-in template name: llama.cpp folds system text itself
+        known = "{" in template
+    if known and not system_role_supported(template):
+        found["system_role"] = False
+    return found
 
 
 def server_argv(server: list[str], model: ModelSpec, model_path: str, port: int) -> list[str]:

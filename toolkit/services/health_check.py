@@ -23,16 +23,37 @@ RESTARTS EXIT`` (see toolkit/services/manager.py), and each tail script prints a
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+# Every URL here is on the host's own loopback (its services, its proxy): the question is whether
+# they answer, not who they are, so a proxy's certificate (self-signed or for its public name)
+# is not checked here. Clients elsewhere check it against the CA file the recap names.
+LOOPBACK_TLS = ssl.create_default_context()
+LOOPBACK_TLS.check_hostname = False
+LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
+AUTHORIZATION: dict[str, str] = {}  # set from the proxy's keys file when it has one
+
+
+def use_key_from(keys_file: str | None) -> None:
+    """Send the first key of the proxy's keys file (read here, on the host: a key never travels
+    on a command line)."""
+    if not keys_file:
+        return
+    with open(keys_file, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith("#"):
+                AUTHORIZATION["Authorization"] = f"Bearer {line.strip()}"
+                return
+
 
 def status_of(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5, context=LOOPBACK_TLS) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code  # llama.cpp answers 503 while the model loads
@@ -146,10 +167,10 @@ def verify_once(url: str, model: str, kind: str, deadline: float) -> dict:
 
 def _post(url: str, body: dict) -> tuple[dict, float]:
     request = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        url, json.dumps(body).encode(), {"Content-Type": "application/json", **AUTHORIZATION}
     )
     started = time.monotonic()
-    with urllib.request.urlopen(request, timeout=120) as response:
+    with urllib.request.urlopen(request, timeout=120, context=LOOPBACK_TLS) as response:
         reply = json.load(response)
     return reply, time.monotonic() - started
 
@@ -199,6 +220,7 @@ REQUESTS = {"chat": _chat, "completion": _completion, "embedding": _embedding}
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
+    use_key_from(spec.get("keys_file"))
     deadline_s = float(spec.get("deadline_s", 300))
     deadline = time.monotonic() + deadline_s
     watch = spec.get("watch") or {}
