@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,8 @@ from toolkit.services.manager import ServiceState, parse_states
 
 PART = "@@toolkit-part "  # starts each section of the probe's answer
 LOG_LINES = 20  # log lines read for each service (shown for those that are not fine)
-RECENT_RESTART_S = 600  # a service restarted this recently shows its last exit and log lines
+RECENT_RESTART_S = 600
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: --watch draws in place  # a service restarted this recently shows its last exit and log lines
 PROBE_SOURCE = Path(__file__).with_name("services") / "status_probe.py"
 _NAMES = r"""sed -n 's/^ *"name": "\([A-Za-z0-9-]*\)",*$/\1/p'"""
 # pid -> RSS in kB of the process group it leads (an engine's or proxy's workers count too), or
@@ -384,9 +386,9 @@ def command(pattern: str, inventory: str | None, watch_s: float | None, as_json:
             click.echo(json.dumps([r.as_dict() for r in reports]))
             return
         text = render(reports, click.style if colour else lambda t, **_: t)
-        if watch_s:
+        if watch_s:  # home and clear (click.echo would drop them off a terminal), then draw
             stamp = time.strftime("%H:%M:%S")
-            text = f"\x1b[H\x1b[2J{stamp}  every {watch_s:g} s, Ctrl-C to stop\n\n{text}"
+            sys.stdout.write(f"{CLEAR}{stamp}  every {watch_s:g} s, Ctrl-C to stop\n\n")
         click.echo(text)
 
     try:
