@@ -20,16 +20,27 @@ in batches (nginx: ``access_log ... buffer=64k flush=1s``; ours: its access log)
 The targets take turns (each repeat runs every target once), so a drift in the machine's speed
 (these VMs share their cores) hits all of them alike; the median of ``--repeat`` runs is shown.
 
+Two figures about bounds, each on a proxy of its own with one worker (``--workers 1``):
+
+- hostile neighbour (``--hostile-seconds``): the p50 of a well-behaved client (wrk -c1) alone,
+  then while one connection sends a header that never ends (issue 13, case 1) and another
+  pipelines requests for 60 KB paths and reads nothing (case 2); and the worker's peak RSS.
+- soak (``--soak-seconds``, ``--soak-streams``): that many concurrent streams, one after another
+  on each connection, through one worker: errors, and RSS after warm-up (the first fifth) to the
+  end.
+
 Everything listens on 127.0.0.1 and stops by itself. Then come the ratio against nginx-default,
 the ratio against nginx-tuned turn by turn (each pair of runs met the same machine speed), and
 last the summary, against nginx-tuned (the harder comparison) as a ratio of the medians:
-``proxy: X req/s = R% of nginx, N× LiteLLM; +P ms p50 at c=1; C coalesced chunks``
+``proxy: X req/s = R% of nginx, N× LiteLLM; +P ms p50 at c=1; C coalesced chunks``, and the
+same proxy under uvicorn (``proxy-uvicorn``: ``python -m proxy --server uvicorn``) beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -71,7 +82,7 @@ NGINX_ACCESS_LOG = (
     "  access_log @DIR@/@NAME@-access.log line buffer=64k flush=1s;"
 )
 REQUEST = '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-ALL_TARGETS = ("direct", "nginx-default", "nginx-tuned", "proxy", "litellm")
+ALL_TARGETS = ("direct", "nginx-default", "nginx-tuned", "proxy", "proxy-uvicorn", "litellm")
 
 NGINX_UPSTREAM = """
 worker_processes 1;
@@ -347,6 +358,13 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--interval", type=float, default=0.005)
     parser.add_argument("--stream-runs", type=int, default=10)
+    parser.add_argument(
+        "--hostile-seconds", type=float, default=10.0, help="per hostile-neighbour run (0: skip)"
+    )
+    parser.add_argument(
+        "--soak-seconds", type=float, default=60.0, help="the soak's length (0: skip)"
+    )
+    parser.add_argument("--soak-streams", type=int, default=200)
     parser.add_argument("--sse-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sse_upstream:
@@ -367,7 +385,8 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
-    names = ("upstream", "sse", "nginx-default", "nginx-tuned", "proxy", "litellm")
+    names = ("upstream", "sse", "nginx-default", "nginx-tuned", "proxy", "proxy-uvicorn", "litellm")
+    names += ("proxy-one", "sse-soak")
     ports = {name: free_port() for name in names}
     nginx_workers = args.nginx_workers or args.workers
     wanted = set(args.targets)
@@ -399,6 +418,10 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     sse_argv = [sys.executable, __file__, "--sse-upstream", str(ports["sse"])]
     sse_argv += ["--chunks", str(args.chunks), "--interval", str(args.interval)]
     processes.start(sse_argv, tmp / "sse.log")
+    # the soak's upstream: 20 events 50 ms apart (a second a stream, as a slow token stream);
+    # 200 streams of 5 ms events would be more than one Python process answers here
+    soak_argv = [sys.executable, __file__, "--sse-upstream", str(ports["sse-soak"])]
+    processes.start(soak_argv + ["--chunks", "20", "--interval", "0.05"], tmp / "sse-soak.log")
 
     routes = tmp / "routes.yml"
     upstream_url = f"http://127.0.0.1:{ports['upstream']}"
@@ -406,6 +429,7 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         "models:\n"
         f"  m:\n    backends: [{{url: '{upstream_url}', runtime: openai}}]\n"
         f"  s:\n    backends: [{{url: 'http://127.0.0.1:{ports['sse']}', runtime: openai}}]\n"
+        f"  soak:\n    backends: [{{url: 'http://127.0.0.1:{ports['sse-soak']}', runtime: openai}}]\n"
     )
     proxy_argv = [sys.executable, "-m", "proxy", "--routes", str(routes)]
     proxy_argv += ["--port", str(ports["proxy"]), "--workers", str(args.workers)]
@@ -415,12 +439,15 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     env["PYTHONPATH"] = str(REPO)
     if "proxy" in wanted:
         processes.start(proxy_argv, tmp / "proxy.log", env=env)
+    if "proxy-uvicorn" in wanted:
+        start_uvicorn_proxy(proxy_argv, ports["proxy-uvicorn"], tmp, processes, env)
 
     every = {
         "direct": f"{upstream_url}/v1/chat/completions",
         "nginx-default": f"http://127.0.0.1:{ports['nginx-default']}/v1/chat/completions",
         "nginx-tuned": f"http://127.0.0.1:{ports['nginx-tuned']}/v1/chat/completions",
         "proxy": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+        "proxy-uvicorn": f"http://127.0.0.1:{ports['proxy-uvicorn']}/v1/chat/completions",
     }
     targets = {name: url for name, url in every.items() if name in wanted}
     scripts = {name: wrk_script(tmp / "post.lua") for name in targets}
@@ -435,8 +462,9 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     for name in ("nginx-default", "nginx-tuned"):
         if name in targets:
             wait_ok(f"http://127.0.0.1:{ports[name]}/")
-    if "proxy" in targets:
-        wait_ok(f"http://127.0.0.1:{ports['proxy']}/health")
+    for name in ("proxy", "proxy-uvicorn"):
+        if name in targets:
+            wait_ok(f"http://127.0.0.1:{ports[name]}/health")
 
     logging = "off for both" if args.no_access_log else "a JSON line per request for both"
     print(
@@ -476,6 +504,7 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
             "nginx-default": f"http://127.0.0.1:{ports['nginx-default']}/sse/v1/chat/completions",
             "nginx-tuned": f"http://127.0.0.1:{ports['nginx-tuned']}/sse/v1/chat/completions",
             "proxy": f"http://127.0.0.1:{ports['proxy']}/v1/chat/completions",
+            "proxy-uvicorn": f"http://127.0.0.1:{ports['proxy-uvicorn']}/v1/chat/completions",
         }
         print(
             f"\nstreaming: {args.chunks} chunks {args.interval * 1000:g} ms apart,"
@@ -492,6 +521,28 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
             print(
                 f"{name:<14} {stream.first_chunk_ms:>15.2f} {stream.sent:>6}"
                 f" {stream.received:>9} {stream.coalesced:>10}"
+            )
+
+    uvicorn_summary(targets, results, streams)
+
+    if "proxy" in wanted and (args.hostile_seconds > 0 or args.soak_seconds > 0):
+        one_argv = [sys.executable, "-m", "proxy", "--routes", str(routes)]
+        one_argv += ["--port", str(ports["proxy-one"]), "--workers", "1"]
+        if args.no_access_log:
+            one_argv.append("--no-access-log")
+        one = processes.start(one_argv, tmp / "proxy-one.log", env=env)
+        one_url = f"http://127.0.0.1:{ports['proxy-one']}"
+        wait_ok(f"{one_url}/health")
+        if args.hostile_seconds > 0:
+            for path_bytes in (60_000, 7_000):
+                hostile_neighbour(one, ports["proxy-one"], args.hostile_seconds, tmp, path_bytes)
+        if args.soak_seconds > 0:
+            soak(
+                one,
+                f"{one_url}/v1/chat/completions",
+                args.soak_seconds,
+                args.soak_streams,
+                tmp / "proxy-one.log",
             )
 
     if "proxy" not in targets:
@@ -536,6 +587,172 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         f"{added:+.2f} ms p50 at c=1; {coalesced} coalesced chunks"
     )
     return 0
+
+
+def start_uvicorn_proxy(
+    proxy_argv: list[str], port: int, tmp: Path, processes: Processes, env: dict[str, str]
+) -> None:
+    """The same proxy, same routes and workers, served by uvicorn (the proxy as an ASGI app)."""
+    argv = [*proxy_argv, "--server", "uvicorn"]
+    argv[argv.index("--port") + 1] = str(port)
+    processes.start(argv, tmp / "proxy-uvicorn.log", env=env)
+
+
+def uvicorn_summary(
+    targets: dict[str, str], results: dict[tuple[str, int], Load], streams: dict[str, Streaming]
+) -> None:
+    """``proxy-uvicorn: X req/s = R% of the builtin server, S% of nginx; +P ms p50 at c=1; C
+    coalesced chunks``, for what is measured."""
+    if "proxy-uvicorn" not in targets:
+        return
+    theirs = results["proxy-uvicorn", 16]
+    parts = [f"{theirs.rps:.0f} req/s"]
+    for name, label in (("proxy", "the builtin server"), ("nginx-tuned", "nginx")):
+        if name in targets:
+            parts.append(f"{100 * theirs.rps / results[name, 16].rps:.0f}% of {label}")
+    line = "proxy-uvicorn: " + ", ".join(parts)
+    if "direct" in targets:
+        added = results["proxy-uvicorn", 1].p50_ms - results["direct", 1].p50_ms
+        line += f"; {added:+.2f} ms p50 at c=1"
+    if "proxy-uvicorn" in streams:
+        line += f"; {streams['proxy-uvicorn'].coalesced} coalesced chunks"
+    print(line)
+
+
+# --- bounds: hostile neighbours, soak ---------------------------------------------------------
+
+
+def rss_mb(process: subprocess.Popen, field: str = "VmRSS") -> float:
+    """A process's resident memory (``VmHWM``: its peak so far), in MB."""
+    with open(f"/proc/{process.pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def endless_header(port: int, stop) -> None:
+    """Issue 13, case 1: a header value that never ends, 64 KB at a time, again and again."""
+    piece = b"a" * 65536
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            try:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-A: ")
+                for _ in range(256):
+                    if stop.is_set():
+                        break
+                    sock.sendall(piece)
+            except OSError:
+                pass  # refused (431) and closed: again, on a new connection
+
+
+def pipeline_unread(port: int, stop, path_bytes: int = 60_000) -> None:
+    """Issue 13, case 2: requests for long paths (60 KB there), pipelined, their 404s (which
+    name the path) never read."""
+    request = b"GET /" + b"p" * path_bytes + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            try:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):  # it stopped reading: press on
+                        sock.sendall(request)
+            except OSError:
+                pass  # cut off by the send timeout: again, on a new connection
+
+
+def hostile_neighbour(
+    proxy: subprocess.Popen, port: int, seconds: float, tmp: Path, path_bytes: int
+) -> None:
+    """wrk -c1 alone, then beside cases 1 and 2; case 2 with ``path_bytes`` long paths (the
+    issue's 60 KB are refused at once, 414, past the 8 KiB target limit; 7 KB are answered, and
+    reading stops while they are not read)."""
+    import threading
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    script = wrk_script(tmp / "post-hostile.lua")
+    wrk(url, 1, 1, script)  # warm up
+    quiet = wrk(url, 1, seconds, script)
+    stop = threading.Event()
+    attackers = [
+        threading.Thread(target=endless_header, args=(port, stop), daemon=True),
+        threading.Thread(target=pipeline_unread, args=(port, stop, path_bytes), daemon=True),
+    ]
+    for thread in attackers:
+        thread.start()
+    time.sleep(1.0)  # both under way
+    try:
+        loud = wrk(url, 1, seconds, script)
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=30)
+    peak = rss_mb(proxy, "VmHWM")
+    print(
+        f"\nhostile neighbour (one worker; wrk -c1 beside cases 1 and 2 of issue 13, "
+        f"case 2 with {path_bytes // 1000} KB paths, {seconds:g} s each):\n"
+        f"  p50 {quiet.p50_ms:.3f} ms quiet, {loud.p50_ms:.3f} ms beside them"
+        f" = {loud.p50_ms / quiet.p50_ms:.2f}x (target <= 2x); {quiet.rps:.0f} -> {loud.rps:.0f}"
+        f" req/s; peak RSS {peak:.1f} MB (target <= 100 MB)",
+        flush=True,
+    )
+
+
+def soak(proxy: subprocess.Popen, url: str, seconds: float, streams: int, log: Path) -> None:
+    import aiohttp
+
+    body = json.loads(REQUEST) | {"model": "soak", "stream": True}
+    counts = {"streams": 0, "errors": 0}
+    errors: list[str] = []
+    samples: list[tuple[float, float]] = []
+
+    async def client(session: aiohttp.ClientSession, end: float) -> None:
+        while time.monotonic() < end:
+            try:
+                async with session.post(url, json=body) as response:
+                    data = await response.read()
+                if response.status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
+                    raise RuntimeError(f"HTTP {response.status}, {len(data)} bytes")
+                counts["streams"] += 1
+            except Exception as exc:  # every failure counts, whatever it is
+                counts["errors"] += 1
+                if len(errors) < 5:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    async def sample(start: float, end: float) -> None:
+        while time.monotonic() < end:
+            samples.append((time.monotonic() - start, rss_mb(proxy)))
+            await asyncio.sleep(1.0)
+
+    async def run() -> None:
+        start = time.monotonic()
+        end = start + seconds
+        connector = aiohttp.TCPConnector(limit=streams)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.gather(
+                sample(start, end), *(client(session, end) for _ in range(streams))
+            )
+
+    asyncio.run(run())
+    warm = [rss for at, rss in samples if at >= seconds / 5]
+    after = warm[0] if warm else float("nan")
+    print(
+        f"\nsoak ({streams} concurrent streams of 20 events 50 ms apart through one worker,"
+        f" {seconds:g} s):"
+        f" {counts['streams']} streams, {counts['errors']} errors (target 0);"
+        f" RSS after warm-up {after:.1f} MB, at the end {warm[-1] if warm else float('nan'):.1f}"
+        f" MB, highest {max(warm, default=float('nan')):.1f} MB (target: flat within 5 MB)",
+        flush=True,
+    )
+    if errors:
+        print("  first errors: " + "; ".join(errors))
+        why = [line for line in log.read_text(errors="replace").splitlines() if " WARNING " in line]
+        print("  the proxy's warnings (first 5): " + " | ".join(why[:5]))
+    if warm:
+        tenth = max(1, len(warm) // 10)
+        print(
+            "  RSS by tenths after warm-up (MB): " + " ".join(f"{rss:.1f}" for rss in warm[::tenth])
+        )
 
 
 def start_litellm(

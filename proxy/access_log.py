@@ -14,6 +14,8 @@ import sys
 import time
 from typing import TextIO
 
+from .errors import clip
+
 FLUSH_SECONDS = 0.1
 FLUSH_LINES = 512
 _TOKEN_COUNT = re.compile(rb"\s*:\s*(\d+)")  # what follows "total_tokens"
@@ -54,16 +56,20 @@ class AccessLog:
             return
         # formatted by hand (same JSON, same key order as json.dumps of a dict): json.dumps per
         # request was ~3% of the proxy's CPU; the strings are encoded once per combination, the
-        # numbers by one %-format (half the cost of an f-string with format specs, measured)
+        # numbers by one %-format (half the cost of an f-string with format specs, measured).
+        # Only routed requests are cached (a backend, so a model of the routes file): a model
+        # name a client made up is neither kept nor written whole
         key = (path, model, backend)
-        middle = self._middles.get(key)
+        middle = self._middles.get(key) if backend else None
         if middle is None:
-            if len(self._middles) > 4096:
-                self._middles.clear()
-            middle = self._middles[key] = (
-                f',"path":{json.dumps(path)},"model":{json.dumps(model)},'
+            middle = (
+                f',"path":{json.dumps(clip(path))},"model":{json.dumps(clip(model))},'
                 f'"backend":{json.dumps(backend)},"status":'
             )
+            if backend:
+                if len(self._middles) > 4096:
+                    self._middles.clear()
+                self._middles[key] = middle
         if ttfb is not None and tokens is not None and not error:
             line = _USUAL % (time.time(), middle, status, latency * 1000, ttfb * 1000, tokens)
         else:

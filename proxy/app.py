@@ -27,7 +27,7 @@ from .asgi import call_asgi
 from .backends import Backend
 from .capabilities import estimate_tokens, fold_system_messages
 from .connection import Connection, Request
-from .errors import ProxyError, error_body
+from .errors import ProxyError, clip, error_body
 from .health import HealthChecker
 from .metrics import CONTENT_TYPE, Metrics
 from .reload import RoutesWatcher
@@ -36,7 +36,12 @@ from .upstream import ProxiedRequest, Upstream
 
 logger = logging.getLogger("proxy")
 
-_decoder = json.JSONDecoder()
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constant)  # NaN, Infinity: refused
 _decode, _raw_decode = _decoder.decode, _decoder.raw_decode
 PROXIED_PATHS = frozenset(
     (b"/v1/chat/completions", b"/v1/completions", b"/v1/embeddings", b"/v1/responses")
@@ -134,6 +139,10 @@ def _parse(path: str, table: RouteTable, body: bytes, started: float) -> Proxied
         raise ProxyError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise ProxyError(
+            400, "the request body is nested too deeply", code="invalid_json"
+        ) from None
     if not isinstance(payload, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     model = payload.get("model")
@@ -148,7 +157,9 @@ def _parse(path: str, table: RouteTable, body: bytes, started: float) -> Proxied
         folded = fold_system_messages(payload["messages"])
         if folded is not None:
             payload["messages"] = folded
-            raw = json.dumps(payload).encode()
+            raw = _encode(payload)
+    if raw is body and any(name != model for name in target.backend_models.values()):
+        _encode(payload)  # it is re-encoded for some backend (``body_for``): it must encode
     if capabilities.max_context is not None:
         estimate = estimate_tokens(payload)
         if estimate >= capabilities.max_context:
@@ -176,10 +187,24 @@ def _load_json(text: str) -> Any:
     return value
 
 
+def _encode(payload: dict[str, Any]) -> bytes:
+    """The body re-encoded; a number JSON cannot carry (1e400 is read as infinity) is a 400."""
+    try:
+        return json.dumps(payload, allow_nan=False).encode()
+    except ValueError:
+        raise ProxyError(
+            400, "the request body holds a number out of JSON's range", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise ProxyError(
+            400, "the request body is nested too deeply", code="invalid_json"
+        ) from None
+
+
 def _not_found(model: str, table: RouteTable) -> ProxyError:
     return ProxyError(
         404,
-        f"The model {model!r} does not exist; models here: {table.model_names}",
+        f"The model {clip(model)!r} does not exist; models here: {table.model_names}",
         code="model_not_found",
         param="model",
         model=model,
@@ -257,7 +282,7 @@ def _starlette_app(proxy: Proxy) -> Starlette:
 
     async def http_error(request: StarletteRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = f"{request.method} {request.url.path}: {exc.detail}"
+        message = f"{request.method} {clip(request.url.path)}: {exc.detail}"
         body = error_body(
             message, "invalid_request_error", "not_found" if exc.status_code == 404 else None
         )

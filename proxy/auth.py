@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .routes import RoutesError
@@ -54,4 +55,40 @@ def load_keys(keys_file: Path | None, environ: dict[str, str] | None = None) -> 
                 keys.add(line.encode())
     for key in environ.get(ENV_VAR, "").replace(",", " ").split():
         keys.add(key.encode())
+    if keys_file is not None and not keys:
+        raise RoutesError(
+            f"{keys_file}: the keys file holds no key, which leaves no API key: the proxy would "
+            "be open to anyone; add a key (one a line) or remove keys_file"
+        )
     return KeySet(frozenset(keys))
+
+
+def needs_key(path: bytes, proxied: frozenset[bytes]) -> bool:
+    """Whether a request for ``path`` must carry a key (when keys are configured): the OpenAI
+    paths, /v1/models and /metrics; /health and unknown paths (404) do not."""
+    return (
+        path in proxied
+        or path == b"/v1/models"
+        or path.startswith(b"/v1/models/")
+        or path == b"/metrics"
+    )
+
+
+def admission(
+    keys: Callable[[], KeySet],
+    body_limit: Callable[[], int],
+    proxied: frozenset[bytes],
+    small_body: int,
+) -> Callable[[bytes, bytes | None], int | None]:
+    """What the server asks once a request's head is read, before its body: None when the
+    request needs a key and has no valid one (answered 401 at once), else its body limit:
+    ``body_limit()`` for the ``proxied`` paths, ``small_body`` for the rest (nobody reads their
+    bodies)."""
+
+    def admit(path: bytes, authorization: bytes | None) -> int | None:
+        current = keys()
+        if current and needs_key(path, proxied) and not current.allows(authorization):
+            return None
+        return body_limit() if path in proxied else small_body
+
+    return admit

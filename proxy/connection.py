@@ -13,6 +13,15 @@ is read and dropped, then answered 413; one announced with ``Expect`` is refused
 sent), chunked responses for streams with back-pressure (``send_chunk`` waits while the client
 reads slower than the backend writes), and a client that goes away cancels its request at once,
 so the backend's request is closed with it.
+
+What a hostile client cannot make it spend (each limit has a raw-bytes test in
+``tests/test_proxy_hostile.py``): a request head is counted from its first byte to its end, however
+it is shaped (an unfinished header, a name without a colon, thousands of empty headers: 431 past
+``MAX_HEAD_BYTES``); reading stops while the answers already written wait for the client (pipelined
+or not), and a client that reads nothing for ``send_timeout`` is cut off, its backend request with
+it; the API key is checked once the head is read, before any byte of the body; a listener takes at
+most ``max_connections`` clients and answers 503 to the next ones; a request that cannot be read
+is refused only after the answers to the requests before it on the connection.
 """
 
 from __future__ import annotations
@@ -28,12 +37,22 @@ from typing import Any, Protocol
 
 import httptools
 
-from .errors import error_body
+from .errors import clip, error_body
+from .routes import DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT
 
 logger = logging.getLogger("proxy")
 
-MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers together (and, apart, the trailers)
+MAX_URL_BYTES = 8 * 1024  # the request target; nginx's large_client_header_buffers: 8k a line
 MAX_PIPELINED = 4  # requests read ahead of the one being answered before reading pauses
+HEADER_OVERHEAD = 4  # ": " and CRLF around a header's name and value
+SMALL_BODY = 64 * 1024  # the body limit of requests whose body nobody reads (GET /v1/models, ...)
+# after a refusal the connection stays half open this long before it closes: closing at once with
+# the client's data unread would reset it, and a reset can destroy the refusal before the client
+# reads it. Nothing more is read meanwhile (reading a hostile client's stream costs CPU); what
+# had been read already is dropped, this much at most
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 JSON = b"application/json"
 COPY_BELOW = 64 * 1024  # a head and a body smaller than this are joined into one write
 
@@ -52,7 +71,16 @@ STATUS_LINES: dict[int, bytes] = {int(status): _status_line(status) for status i
 class Request:
     """One request, read whole: the body is here before the proxy sees the request."""
 
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "http_version", "too_large")
+    __slots__ = (
+        "method",
+        "url",
+        "headers",
+        "body",
+        "keep_alive",
+        "http_version",
+        "too_large",
+        "refused",
+    )
 
     def __init__(
         self,
@@ -72,6 +100,9 @@ class Request:
         # set when the body was over the limit: it was read and dropped, and the handler must
         # answer 413 with this message (the connection closes after)
         self.too_large: str | None = None
+        # set on the stand-in for a request that could not be read: the connection answers this
+        # error in its turn, after the requests read before it, and closes
+        self.refused: tuple[int, str] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -90,22 +121,47 @@ class Work(Protocol):
     def cancel(self) -> Any: ...
 
 
+Admit = Callable[[bytes, "bytes | None"], "int | None"]
+
+
 class Listener:
     """What every connection of one listening socket shares: the handler, the body limit, and
-    the set of open connections (for closing idle ones and for a graceful stop)."""
+    the set of open connections (for closing idle ones and for a graceful stop).
 
-    def __init__(self, handler: Handler, body_limit: Callable[[], int]) -> None:
+    ``admit(path, authorization)``, called once a request's head is read: the body limit for
+    that request, or None to refuse it 401 before its body is read (no valid API key). Without
+    it every request is admitted with ``body_limit()``. ``max_connections`` and
+    ``send_timeout`` may be changed while it serves (a reload)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        body_limit: Callable[[], int],
+        admit: Admit | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    ) -> None:
         self.handler = handler
         self.body_limit = body_limit
+        self.admit: Admit = admit or (lambda path, authorization: body_limit())
+        self.max_connections = max_connections
+        self.send_timeout = send_timeout
         self.connections: set[Connection] = set()
         self.stopping = False
 
     def close_idle(self, idle_for: float) -> None:
         """Close connections that have waited ``idle_for`` seconds for a whole request (a
-        client sending its request slower than that is cut off too)."""
-        cutoff = time.monotonic() - idle_for
+        client sending its request slower than that is cut off too), and drop those whose
+        client has read nothing for ``send_timeout`` seconds while an answer waits for it (its
+        backend request, if any, is closed with it)."""
+        now = time.monotonic()
+        cutoff = now - idle_for
+        stalled = now - self.send_timeout
         for connection in list(self.connections):
-            if not connection.busy and connection.idle_since < cutoff:
+            since = connection.write_paused_since
+            if since is not None and since < stalled:
+                connection.abort()
+            elif not connection.busy and connection.idle_since < cutoff:
                 connection.close()
 
     def stop(self) -> None:
@@ -137,33 +193,53 @@ class Connection(asyncio.Protocol):
         self.responded = False  # whether the current request's answer has begun
         self.disconnected = False
         self.idle_since = time.monotonic()  # since when it waits for a whole request
+        self.write_paused_since: float | None = None  # since when the client reads nothing
         self._closing = False  # close once the current answer is complete
         self._queue: deque[Request] = deque()  # read, not yet answered
+        self._last_read: Request | None = None
         self._reading_paused = False
         self._writing_paused = False
+        self._refusing = False  # a request could not be read: nothing more is read
+        self._lingering = False  # refused and answered: what comes is dropped until it closes
+        self._dropped = 0  # bytes read and dropped after a refusal
         self._drained: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         # the request being read
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
-        self._size = 0
+        self._in_body = False  # its head is read
+        self._head_size = 0  # bytes of its head the parser has reported (URL, headers)
+        self._unreported = 0  # bytes of its head fed since the parser last reported a part
+        self._reported = False  # whether the parser reported a part of a head in this feed
+        self._size = 0  # of its body
         self._limit = 0
         self._too_large: str | None = None
+        self._keep_alive = True  # False when the request's framing obliges us to close after
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
-        self.listener.connections.add(self)
-        self._closing = self.listener.stopping
+        listener = self.listener
+        if len(listener.connections) >= listener.max_connections:
+            self._over_capacity()
+            return
+        listener.connections.add(self)
+        self._closing = listener.stopping
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing:  # read and dropped, while the refusal is on its way (``_linger``)
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self.abort()
+            return
+        self._reported = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "protocol upgrades (WebSocket) are not supported here")
+            self._upgrade_asked()
             return
         except httptools.HttpParserError as exc:
             refused = exc.__context__  # raised by one of our callbacks below
@@ -172,12 +248,27 @@ class Connection(asyncio.Protocol):
             else:
                 self._refuse(400, f"invalid HTTP request: {exc}")
             return
+        if self._url and not self._in_body:  # a head is unfinished: count what it holds so far
+            if self._reported:  # what follows its last reported part, in this feed: < len(data)
+                self._unreported = 0
+            else:  # a part that never ends (a header value, a name without a colon)
+                self._unreported += len(data)
+            if self._head_size + self._unreported > MAX_HEAD_BYTES:
+                self._refuse(431, "the request headers are too large")
+                return
         self._answer_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self.listener.connections.discard(self)
         self._queue.clear()
+        # the parser holds this connection (its callbacks) and this connection the parser: that
+        # cycle, the request being read and its buffers go now, not when the collector runs
+        self.parser = None  # type: ignore[assignment]
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._last_read = None
         if self.work is not None:
             self.work.cancel()  # it sees ``disconnected`` and closes its backend request
             self.work = None
@@ -186,36 +277,73 @@ class Connection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def pause_writing(self) -> None:
+        """The client reads slower than we write: read no more of its requests until it has
+        caught up (its answers would pile up here), and count the time it takes."""
         self._writing_paused = True
+        self.write_paused_since = time.monotonic()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.write_paused_since = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        self._update_reading()
+        if self.request is None and self._queue:
+            self._answer_next()
 
     # httptools callbacks, for the request being read (its state starts empty, and is emptied
     # again once it is read whole: no on_message_begin, one callback less per request)
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._size += len(url)
-        if self._size > MAX_HEAD_BYTES:
-            raise _Refused(414, "the request line is too long")
+        self._head_size += len(url)
+        self._reported = True
+        if len(self._url) > MAX_URL_BYTES:
+            raise _Refused(414, "the request target is too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-        self._size += len(name) + len(value)
-        if self._size > MAX_HEAD_BYTES:
+        self._head_size += len(name) + len(value) + HEADER_OVERHEAD
+        self._reported = True
+        if self._head_size > MAX_HEAD_BYTES:
             raise _Refused(431, "the request headers are too large")
+        if self._in_body:  # a trailer (after a chunked body): counted, never taken as a header
+            return
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_body = True
+        self._head_size = self._unreported = 0
         self._size = 0
-        self._limit = limit = self.listener.body_limit()
-        length = expect = None
+        parser = self.parser
+        length = expect = authorization = encoding = None
+        hosts = encodings = 0
         for name, value in self._headers:
             if name == b"content-length":
                 length = value
             elif name == b"expect":
                 expect = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"host":
+                hosts += 1
+            elif name == b"transfer-encoding":
+                encoding = value
+                encodings += 1
+        version = parser.get_http_version()
+        if version == "1.1" and hosts != 1:
+            raise _Refused(400, "an HTTP/1.1 request needs exactly one Host header")
+        if encoding is not None:
+            if encodings > 1 or encoding.strip().lower() != b"chunked":
+                raise _Refused(501, "only 'Transfer-Encoding: chunked' is supported")
+            if version == "1.0":  # RFC 9112 6.1: faulty framing; answer, then close
+                self._keep_alive = False
+        url = self._url
+        if url[:1] != b"/":  # absolute-form, as a client sends to a forward proxy
+            self._url = url = _origin_form(url)
+        limit = self.listener.admit(url.partition(b"?")[0], authorization)
+        if limit is None:  # no valid API key: refused before a byte of its body is read
+            raise _Refused(401, UNAUTHORIZED)
+        self._limit = limit
         continues = expect is not None and expect.lower() == b"100-continue"
         if length is not None and length.isdigit() and int(length) > limit:
             if continues:  # the client waits for our word before sending the body: refuse now
@@ -239,15 +367,12 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self.parser
-        url = self._url
-        if url[:1] != b"/" and url != b"*":  # absolute-form, as a client sends to a forward proxy
-            url = _origin_form(url)
-        request = Request(
+        request = self._last_read = Request(
             parser.get_method(),
-            url,
+            self._url,
             self._headers,
             b"".join(self._body),
-            parser.should_keep_alive(),
+            self._keep_alive and parser.should_keep_alive(),
             parser.get_http_version(),
         )
         if self._too_large is not None:
@@ -257,11 +382,12 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._size = 0
+        self._size = self._head_size = self._unreported = 0
+        self._in_body = False
+        self._keep_alive = True
         self._queue.append(request)
         if len(self._queue) >= MAX_PIPELINED and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._update_reading()
 
     # answering
     def respond(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
@@ -339,6 +465,11 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def abort(self) -> None:
+        """Close at once, dropping what the client has not read (``close`` would wait for it)."""
+        if self.transport is not None:
+            self.transport.abort()
+
     # the request's life
     @property
     def busy(self) -> bool:
@@ -364,15 +495,20 @@ class Connection(asyncio.Protocol):
         """Hand the next request read to the handler, if none is being answered."""
         if self.request is not None or not self._queue or self.disconnected:
             return
+        if self._writing_paused:  # answered once the client has read what it was sent
+            return
         request = self.request = self._queue.popleft()
         self.responded = False
-        if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2:
-            self._reading_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._reading_paused:
+            self._update_reading()
+        if request.refused is not None:
+            status, message = request.refused
+            self.respond(status, ((b"content-type", JSON),), _refusal_body(status, message))
+            return
         try:
             self.listener.handler(request, self)
         except Exception:
-            logger.exception("unexpected error answering %s", request.url.decode("latin-1"))
+            logger.exception("unexpected error answering %s", clip(request.url.decode("latin-1")))
             self._failed(request)
 
     def _answered(self) -> None:
@@ -380,7 +516,10 @@ class Connection(asyncio.Protocol):
         request, self.request, self.work = self.request, None, None
         if self._closing or request is None or not request.keep_alive:
             self._queue.clear()
-            self.close()
+            if self._refusing:
+                self._linger()
+            else:
+                self.close()
         elif self._queue:  # pipelined: answered once the code that answered this one is done
             self.loop.call_soon(self._answer_next)
         else:
@@ -391,10 +530,10 @@ class Connection(asyncio.Protocol):
         without an answer."""
         error = None if task.cancelled() else task.exception()
         if error is not None:
-            url = request.url.decode("latin-1") if request else ""
+            url = clip(request.url.decode("latin-1")) if request else ""
             logger.error("unexpected error answering %s", url, exc_info=error)
         elif self.request is request and request is not None and not self.disconnected:
-            logger.error("no answer to %s", request.url.decode("latin-1"))
+            logger.error("no answer to %s", clip(request.url.decode("latin-1")))
         self._failed(request)
 
     def _failed(self, request: Request | None) -> None:
@@ -408,17 +547,86 @@ class Connection(asyncio.Protocol):
             body = error_body("internal error in the proxy", "server_error")
             self.respond(500, ((b"content-type", JSON),), body)
 
+    def _update_reading(self) -> None:
+        """Read while the client reads its answers and few requests wait; else pause."""
+        transport = self.transport
+        if transport is None or self.disconnected or self._lingering:
+            return
+        if self._refusing or self._writing_paused or len(self._queue) >= MAX_PIPELINED:
+            if not self._reading_paused:
+                self._reading_paused = True
+                transport.pause_reading()
+        elif self._reading_paused and len(self._queue) < MAX_PIPELINED // 2:
+            self._reading_paused = False
+            transport.resume_reading()
+
     def _refuse(self, status: int, message: str) -> None:
-        """A request that cannot be read on: answer now if nothing else is being answered on
-        this connection, then close it."""
-        self._closing = True
-        if not self.busy and self.transport is not None:
-            code = "request_too_large" if status == 413 else None
-            self.respond(status, ((b"content-type", JSON),), error_body(message, _TYPE, code))
-        self.close()
+        """A request that cannot be read on: nothing more is read; the requests read before it
+        are answered, then this error, then the connection closes."""
+        self._refusing = True
+        self._update_reading()
+        refusal = Request(b"", b"", [], b"", False, "1.1")
+        refusal.refused = (status, message)
+        self._queue.append(refusal)
+        self._answer_next()
+
+    def _upgrade_asked(self) -> None:
+        """A request asked to switch protocols (``Upgrade: h2c``, ``websocket``): it is
+        answered in HTTP/1.1, as if it had not asked, and the connection closes after it (what
+        follows is not HTTP/1.1)."""
+        last = self._last_read
+        if last is None or (last is not self.request and last not in self._queue):
+            self._refuse(501, "protocol upgrades are not supported here")
+            return
+        last.keep_alive = False
+        self._refusing = True
+        self._update_reading()
+        self._answer_next()
+
+    def _over_capacity(self) -> None:
+        """One connection more than ``max_connections``: a 503 and a close, whatever it asks.
+        The 503 is written at once, what the client sends is dropped (``_linger``)."""
+        self._refusing = True
+        self.disconnected = True
+        self.parser = None  # type: ignore[assignment]
+        message = "the proxy is at its connection limit; retry shortly"
+        body = error_body(message, "server_error", "too_many_connections")
+        transport = self.transport
+        assert transport is not None
+        transport.write(
+            b"".join(
+                (
+                    STATUS_LINES[503],
+                    b"content-type: application/json\r\nretry-after: 1\r\n",
+                    b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body),
+                    body,
+                )
+            )
+        )
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal: our side now (the client sees the end of the answer after
+        it), the connection ``LINGER_SECONDS`` later, reading nothing more meanwhile."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        if not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        self.loop.call_later(LINGER_SECONDS, self.close)
 
 
 _TYPE = "invalid_request_error"
+UNAUTHORIZED = "Incorrect or missing API key; send 'Authorization: Bearer KEY'."
+_CODES = {401: "invalid_api_key", 413: "request_too_large"}
+
+
+def _refusal_body(status: int, message: str) -> bytes:
+    return error_body(message, "server_error" if status >= 500 else _TYPE, _CODES.get(status))
 
 
 class _Refused(Exception):
@@ -435,8 +643,10 @@ def _origin_form(url: bytes) -> bytes:
     try:
         parts = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
-        return url  # answered 404 as an unknown path
+        raise _Refused(400, "the request target is not a valid URL") from None
     path = parts.path or b"/"
+    if path[:1] != b"/":
+        raise _Refused(400, "the request target is not a valid URL")
     return path + b"?" + parts.query if parts.query else path
 
 

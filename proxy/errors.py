@@ -9,6 +9,17 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 
+ECHO_LIMIT = 256  # characters of a client-chosen name (model, path) echoed in errors and logs
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: a name a client chose is
+    echoed in errors and logs, never whole (it may be megabytes long)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def error_body(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> bytes:

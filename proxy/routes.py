@@ -13,6 +13,9 @@ The file is YAML, written by toolkit or by hand::
     max_body_bytes: 16777216      # optional
     health_interval: 5            # optional, seconds between active health checks
     keepalive_timeout: 75         # optional, seconds an idle client connection is kept open
+    tls: {cert: /etc/toolkit/proxy.crt, key: /etc/toolkit/proxy.key}  # optional: speak HTTPS
+    send_timeout: 60              # optional, seconds a client may read nothing of its answer
+    max_connections: 1000         # optional, client connections per worker (503 past it)
 
 Every mistake is reported as ``RoutesError("file:line: message")``, using PyYAML's node marks.
 This module needs only PyYAML and the standard library: it is parsed once per (re)load, never on
@@ -31,6 +34,8 @@ RUNTIMES = ("llamacpp", "ollama", "llamaedge", "openai")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_HEALTH_INTERVAL = 5.0
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # nginx's default
+DEFAULT_SEND_TIMEOUT = 60.0  # nginx's default
+DEFAULT_MAX_CONNECTIONS = 1000  # per worker: nginx's worker_connections 1024, less headroom
 
 
 class RoutesError(Exception):
@@ -58,6 +63,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The proxy's certificate (PEM, the chain after it) and its private key (PEM)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class ModelRoute:
     name: str
     backends: tuple[BackendSpec, ...]
@@ -74,6 +87,9 @@ class Routes:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     health_interval: float = DEFAULT_HEALTH_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    tls: TlsFiles | None = None  # read at start only: a new certificate takes a restart
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def lookup(self) -> dict[str, ModelRoute]:
         """Every name a client may send (model names and aliases) -> its route."""
@@ -168,7 +184,16 @@ class _Reader:
         top = self.mapping(
             root,
             "the routes file",
-            ("models", "keys_file", "max_body_bytes", "health_interval", "keepalive_timeout"),
+            (
+                "models",
+                "keys_file",
+                "max_body_bytes",
+                "health_interval",
+                "keepalive_timeout",
+                "tls",
+                "send_timeout",
+                "max_connections",
+            ),
         )
         if "models" not in top:
             raise self.error(root, "the routes file needs a 'models' mapping")
@@ -199,7 +224,26 @@ class _Reader:
         if "keepalive_timeout" in top:
             keepalive = float(self.number(top["keepalive_timeout"], "keepalive_timeout"))
             routes = replace(routes, keepalive_timeout=keepalive)
+        if "tls" in top:
+            routes = replace(routes, tls=self.tls(top["tls"]))
+        if "send_timeout" in top:
+            send_timeout = float(self.number(top["send_timeout"], "send_timeout"))
+            routes = replace(routes, send_timeout=send_timeout)
+        if "max_connections" in top:
+            cap = int(self.number(top["max_connections"], "max_connections", integer=True))
+            routes = replace(routes, max_connections=cap)
         return routes
+
+    def tls(self, node: yaml.Node) -> TlsFiles:
+        fields = self.mapping(node, "tls", ("cert", "key"))
+        for name in ("cert", "key"):
+            if name not in fields:
+                raise self.error(node, f"tls needs '{name}' (a PEM file)")
+        paths = []
+        for name in ("cert", "key"):
+            path = Path(self.string(fields[name], f"tls.{name}"))
+            paths.append(path if path.is_absolute() else self.path.parent / path)
+        return TlsFiles(cert=paths[0], key=paths[1])
 
     def model(self, name: str, node: yaml.Node) -> ModelRoute:
         what = f"model {name!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,14 +44,20 @@ def refusing_port() -> socket.socket:
     return sock
 
 
-def wait_http_ok(url: str, deadline_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` with backoff until it answers 200; fail if the process dies or time runs out."""
+def wait_http_ok(
+    url: str,
+    deadline_s: float = 120.0,
+    proc: subprocess.Popen | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Poll ``url`` with backoff until it answers 200; fail if the process dies or time runs out.
+    ``verify``: the TLS context for an https URL."""
     delay, end = 0.05, time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -10,7 +10,8 @@ that ``hf_hub_download`` uses for one file, shaped like the Hub's answer for an 
   private repo without the right Bearer token): ``401`` with ``X-Error-Code: RepoNotFound``;
   unknown revision: ``404 RevisionNotFound``; unknown file: ``404 EntryNotFound``.
 - ``HEAD|GET /blobs/<sha256>`` on the "CDN" (a ``FileServer``): the bytes, with ``ETag``,
-  ``Accept-Ranges`` and ``Range`` support.
+  ``Accept-Ranges`` and ``Range`` support. A ``LinkedFile`` redirects to another server instead
+  (bench/download.py points it at nginx).
 
 ``FileServer`` can also cut responses short, to test resuming downloads.
 """
@@ -135,7 +136,11 @@ class _FileHandler(_QuietHandler):
     def _serve(self, send_body: bool) -> None:
         owner: FileServer = self.server.owner  # type: ignore[assignment]
         owner.record(self)
-        data = owner.files.get(unquote(urlsplit(self.path).path))
+        path = unquote(urlsplit(self.path).path)
+        if path in owner.redirects:
+            self.send_empty(302, {"Location": owner.redirects[path]})
+            return
+        data = owner.files.get(path)
         if data is None:
             self.send_empty(404, {})
             return
@@ -150,7 +155,10 @@ class _FileHandler(_QuietHandler):
                 return
             status = 206
         self.send_response(status)
-        self.send_header("Content-Length", str(end - start))
+        if owner.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(end - start))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
         if status == 206:
@@ -163,21 +171,37 @@ class _FileHandler(_QuietHandler):
         cut = owner.take_cut()
         if cut is not None:
             # Promise the whole body, send part of it, hang up: what a flaky network does.
-            self.wfile.write(body[:cut])
+            self._write(owner, body[:cut], last=False)
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        self._write(owner, body, last=True)
+
+    def _write(self, owner: FileServer, body: bytes, last: bool) -> None:
+        if not owner.chunked:
+            self.wfile.write(body)
+            return
+        for start in range(0, len(body), 100_000):
+            piece = body[start : start + 100_000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if last:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 class FileServer(_Background):
-    """Serves bytes at paths, honours Range (unless told not to), can cut responses short."""
+    """Serves bytes at paths, honours Range (unless told not to), can cut responses short.
+
+    ``chunked`` sends bodies with ``Transfer-Encoding: chunked`` (no length announced);
+    ``redirects`` maps a path to the URL a ``302`` sends the client to.
+    """
 
     handler = _FileHandler
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.ignore_range = False
+        self.chunked = False
         self._cuts: list[int] = []
         super().__init__()
 
@@ -199,9 +223,19 @@ class FileServer(_Background):
         return [request for request in self.requests if request.method == "GET"]
 
 
+@dataclass(frozen=True)
+class LinkedFile:
+    """A file whose bytes another server holds (e.g. nginx, for a benchmark): where, and what."""
+
+    url: str
+    sha256: str
+    size: int
+
+
 @dataclass
 class _Repo:
-    files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # revision -> name -> data
+    # revision -> name -> the bytes, or where they are served
+    files: dict[str, dict[str, bytes | LinkedFile]] = field(default_factory=dict)
     token: str | None = None  # a private repo answers only to this Bearer token
 
 
@@ -235,15 +269,19 @@ class _HubHandler(_QuietHandler):
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}
             self.send_empty(404, headers)
             return
-        sha256 = hub.cdn_store(data)
+        if isinstance(data, LinkedFile):
+            linked = data
+        else:
+            sha256 = hub.cdn_store(data)
+            linked = LinkedFile(f"{hub.cdn.url}/blobs/{sha256}", sha256, len(data))
         self.send_empty(
             302,
             {
-                "Location": f"{hub.cdn.url}/blobs/{sha256}",
+                "Location": linked.url,
                 "X-Repo-Commit": COMMIT,
-                "X-Linked-Etag": f'"{sha256}"',
-                "X-Linked-Size": str(len(data)),
-                "ETag": f'W/"{hashlib.sha1(data).hexdigest()}"',
+                "X-Linked-Etag": f'"{linked.sha256}"',
+                "X-Linked-Size": str(linked.size),
+                "ETag": f'W/"{hashlib.sha1(linked.sha256.encode()).hexdigest()}"',
             },
         )
 
@@ -262,11 +300,12 @@ class HubStandIn(_Background):
         self,
         repo_id: str,
         filename: str,
-        data: bytes,
+        data: bytes | LinkedFile,
         *,
         revision: str = "main",
         token: str | None = None,
     ) -> None:
+        """Serve ``data`` from the stand-in's CDN, or redirect to where a ``LinkedFile`` lives."""
         repo = self.repos.setdefault(repo_id, _Repo())
         repo.files.setdefault(revision, {})[filename] = data
         repo.token = token or repo.token

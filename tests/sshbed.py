@@ -20,6 +20,12 @@ or a private bed of any size::
     with SSHBed(count=8) as bed:
         ...
 
+or a bed whose hosts only a jump host can reach (``behind_jump=True``): every sshd runs in a
+network namespace made for the bed; ``bed.hosts[0]`` (the jump host) listens on the namespace's
+end of a veth pair, the only address of the namespace this machine can reach, and the other
+hosts listen on the namespace's own loopback (127.0.0.1 inside it, at a port this bed holds
+closed on the machine's loopback, so a direct attempt is refused). Needs ``ip`` (iproute2).
+
 Needs root (to run sshd and create users) and the Debian packages openssh-server and sudo.
 Without them the tests that use the bed fail, saying what is missing; set TOOLKIT_SKIP_SSHBED=1
 to skip them instead on a machine that cannot have them.
@@ -80,6 +86,8 @@ class BedHost:
     sudo_password: str | None = field(default=None, repr=False)
     address: str = "127.0.0.1"
     process: subprocess.Popen | None = field(default=None, repr=False)
+    netns: str | None = None  # the network namespace sshd runs in, if any
+    direct: bool = True  # this machine can reach address:port (False: only through the jump)
 
     @property
     def log(self) -> Path:
@@ -115,9 +123,9 @@ class BedHost:
 class SSHBed:
     """Starts ``count`` sshd hosts; use as a context manager or call start() / stop()."""
 
-    def __init__(self, count: int = 4, sudo: Sequence[str] = ()):
-        if count < 1:
-            raise ValueError("count must be at least 1")
+    def __init__(self, count: int = 4, sudo: Sequence[str] = (), behind_jump: bool = False):
+        if count < (2 if behind_jump else 1):
+            raise ValueError("count must be at least 1 (2 behind a jump host)")
         for kind in sudo:
             if kind not in ("none", "nopasswd", "password"):
                 raise ValueError(f"unknown sudo kind {kind!r}")
@@ -132,6 +140,9 @@ class SSHBed:
         self._slot_lock: int | None = None
         self._sudoers: list[Path] = []
         self._stopped = False
+        self.behind_jump = behind_jump
+        self.netns: str | None = None
+        self._held_ports: list[socket.socket] = []  # ports kept closed on this machine
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -155,6 +166,10 @@ class SSHBed:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
             for index in range(1, self.count + 1):
                 self.hosts.append(self._prepare_host(index))
+            if self.behind_jump:
+                if shutil.which("ip") is None:
+                    raise BedUnavailable("ip is missing (apt-get install iproute2)")
+                self._make_namespace()
             for host in self.hosts:
                 self._launch(host)
             for host in self.hosts:
@@ -175,6 +190,11 @@ class SSHBed:
                 _stop_process_tree(host.process)
         for path in self._sudoers:
             path.unlink(missing_ok=True)
+        if self.netns is not None:
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+            self.netns = None
+        for held in self._held_ports:
+            held.close()
         for host in self.hosts:
             _set_password(host.user, None)
             _empty_dir(host.home)
@@ -258,13 +278,44 @@ class SSHBed:
             sudo_password=password,
         )
 
+    def _make_namespace(self) -> None:
+        """A namespace for every sshd: veth to the jump host, loopback for the others."""
+        tag = f"{self.slot}x{secrets.token_hex(3)}"
+        self.netns = f"tkbed{tag}"
+        outside, inside = f"tko{tag}", f"tki{tag}"
+        subnet = f"10.{251 + self.slot % 4}.{secrets.randbelow(254) + 1}"
+        for argv in (
+            ["ip", "netns", "add", self.netns],
+            ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside],
+            ["ip", "link", "set", inside, "netns", self.netns],
+            ["ip", "addr", "add", f"{subnet}.1/30", "dev", outside],
+            ["ip", "link", "set", outside, "up"],
+            ["ip", "-n", self.netns, "addr", "add", f"{subnet}.2/30", "dev", inside],
+            ["ip", "-n", self.netns, "link", "set", inside, "up"],
+            ["ip", "-n", self.netns, "link", "set", "lo", "up"],
+        ):
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BedUnavailable(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+        for index, host in enumerate(self.hosts):
+            host.netns = self.netns
+            host.address = f"{subnet}.2" if index == 0 else "127.0.0.1"
+            host.direct = index == 0
+
     def _launch(self, host: BedHost) -> None:
-        host.port = _free_port()
+        if host.direct:
+            host.port = _free_port()
+        else:  # inside the namespace; hold the same port closed on this machine's loopback
+            held = socket.socket()
+            held.bind(("127.0.0.1", 0))
+            self._held_ports.append(held)
+            host.port = held.getsockname()[1]
         config = host.dir / "sshd_config"
         config.write_text(_sshd_config(host))
         host.log.unlink(missing_ok=True)
+        prefix = ["ip", "netns", "exec", host.netns] if host.netns else []
         host.process = subprocess.Popen(
-            [str(SSHD), "-D", "-f", str(config), "-E", str(host.log)],
+            [*prefix, str(SSHD), "-D", "-f", str(config), "-E", str(host.log)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -446,6 +497,8 @@ def _await_listening(host: BedHost) -> bool:
         if host.process.poll() is not None:
             return False
         if host.log.exists() and marker in host.log.read_text(errors="replace"):
+            if not host.direct:
+                return True  # listening inside the namespace, where this machine cannot look
             try:
                 with socket.create_connection((host.address, host.port), timeout=2) as sock:
                     if sock.recv(64).startswith(b"SSH-2.0-"):

@@ -150,8 +150,14 @@ def test_sibling_groups_merge_by_name_then_priority(tmp_path):
         """,
     )
     assert load_inventory(path).hosts["h"].vars["pick"] == "b"  # same depth: by name, b last
+    # as in Ansible, a group_vars/ file does not set the priority (it is an ordinary var there)
     write(tmp_path / "group_vars" / "a_group.yml", "ansible_group_priority: 10\n")
-    assert load_inventory(path).hosts["h"].vars["pick"] == "a"
+    assert load_inventory(path).hosts["h"].vars["pick"] == "b"
+    path.write_text(path.read_text().replace("{pick: a}", "{pick: a, ansible_group_priority: 10}"))
+    (tmp_path / "group_vars" / "a_group.yml").unlink()
+    host = load_inventory(path).hosts["h"]
+    assert host.vars["pick"] == "a"
+    assert "ansible_group_priority" not in host.vars  # it orders groups, it is no variable
 
 
 def test_connection_keys_long_short_and_defaults(tmp_path):
@@ -316,12 +322,12 @@ def fleet(tmp_path):
         ("gpu*", ["gpu1", "gpu2", "web1"]),  # the group gpu and hosts gpu1, gpu2
         ("*2", ["gpu2", "web2"]),
         ("cpu:phones", ["cpu1", "web2", "pixel"]),
-        ("phones,cpu", ["cpu1", "web2", "pixel"]),  # inventory order, not pattern order
+        ("phones,cpu", ["pixel", "cpu1", "web2"]),  # pattern order, as Ansible
         ("gpu:&web", ["web1"]),
         ("gpu:cpu:!web", ["gpu1", "gpu2", "cpu1"]),
         ("!gpu", ["cpu1", "web2", "pixel"]),
         ("~(gpu|cpu)1", ["gpu1", "cpu1"]),
-        ("web1:gpu1", ["gpu1", "web1"]),
+        ("web1:gpu1", ["web1", "gpu1"]),
     ],
 )
 def test_patterns(fleet, pattern, expected):
@@ -354,7 +360,6 @@ def test_a_pattern_that_excludes_everything_is_an_error(fleet):
         ("all:\n  host:\n    a:\n", 2, 'unknown key "host"'),
         ("all:\n  hosts:\n    a: {ansible_port: ssh}\n", 3, "port number"),
         ("all:\n  hosts:\n    a:\n      port: 70000\n", 4, "between 1 and 65535"),
-        ("all:\n  hosts:\n    a: {ansible_connection: winrm}\n", 3, "not supported"),
         ("all:\n  hosts:\n    a: {become: maybe}\n", 3, "not a boolean"),
         ("all:\n  hosts:\n    - a\n", 3, "must be a mapping"),
         ("all:\n  hosts:\n    a: [1]\n", 3, "must be a mapping"),
@@ -411,9 +416,9 @@ def test_an_error_in_a_vars_file_points_into_that_file(tmp_path):
 
 
 def test_a_missing_inventory_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="nope.yml: inventory not found"):
         load_inventory(tmp_path / "nope.yml")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="nope.ini: inventory not found"):
         load_inventory(tmp_path / "nope.ini")
 
 
@@ -423,3 +428,122 @@ def test_an_empty_inventory_has_only_the_builtin_groups(tmp_path):
     assert list(inventory.groups) == ["all", "ungrouped"]
     with pytest.raises(NoHostsMatched):
         inventory.select("all")
+
+
+# -- hosts toolkit cannot work on, connection defaults from the command line --------------------
+
+
+def test_unreachable_connection_types_are_kept_with_the_reason(tmp_path):
+    path = write(
+        tmp_path / "hosts.ini",
+        """
+        [web]
+        w1
+        win1 ansible_connection=winrm
+        [net]
+        sw1 ansible_connection=network_cli
+        """,
+    )
+    inventory = load_inventory(path)  # the inventory loads: only a play targeting them fails
+    assert inventory.hosts["w1"].unsupported is None
+    assert inventory.hosts["win1"].unsupported == (
+        f'host win1: connection "winrm" (set at {path}:3) is not one toolkit can reach; '
+        "it speaks ssh and local only"
+    )
+    assert "network_cli" in inventory.hosts["sw1"].unsupported
+
+
+def test_become_user_other_than_root_is_refused_only_with_become(tmp_path):
+    path = write(
+        tmp_path / "hosts.ini",
+        """
+        a ansible_become=true ansible_become_user=postgres
+        b ansible_become=false ansible_become_user=postgres
+        c ansible_become=true ansible_become_user=root
+        """,
+    )
+    hosts = load_inventory(path).hosts
+    assert 'ansible_become_user "postgres" is not supported' in hosts["a"].unsupported
+    assert hosts["b"].unsupported is None and hosts["c"].unsupported is None
+
+
+def test_command_line_defaults_yield_to_the_inventory(tmp_path):
+    path = write(
+        tmp_path / "hosts.ini",
+        """
+        plain
+        own ansible_ssh_user=admin ansible_ssh_private_key_file=/k ansible_become=no
+        """,
+    )
+    defaults = {
+        "ansible_user": "ops",
+        "ansible_ssh_private_key_file": "/cli",
+        "ansible_become": True,
+    }
+    hosts = load_inventory(path, defaults=defaults).hosts
+    assert (hosts["plain"].user, hosts["plain"].key_file, hosts["plain"].become) == (
+        "ops",
+        "/cli",
+        True,
+    )
+    assert (hosts["own"].user, hosts["own"].key_file, hosts["own"].become) == ("admin", "/k", False)
+
+
+def test_connection_vars_render_their_templates(tmp_path):
+    path = write(
+        tmp_path / "hosts.yml",
+        """
+        all:
+          vars: {domain: lan, ansible_host: "{{ inventory_hostname }}.{{ domain }}"}
+          hosts: {gpu1: }
+        """,
+    )
+    assert load_inventory(path).hosts["gpu1"].address == "gpu1.lan"
+
+
+def test_ipv6_host_lines_are_hosts_not_sections(tmp_path):
+    path = write(tmp_path / "hosts", "[v6]\n[2001:db8::1]:2022 role=a\n[::1]:22\n")
+    inventory = load_inventory(path)
+    assert names(inventory.select("v6")) == ["2001:db8::1", "::1"]
+    assert inventory.hosts["2001:db8::1"].port == 2022
+    assert names(inventory.select("2001:db8::1")) == ["2001:db8::1"]
+
+
+def test_a_play_sees_inventory_chains_rendered_to_the_end(tmp_path):
+    """Issue 15: "{{ models_dir }}/x.gguf" gave the literal "{{ app_dir }}/models/x.gguf"."""
+    from toolkit.site import load_site
+
+    for app in ("app", "data"):  # a path: source must name a file on the workstation
+        write(tmp_path / app / "models" / "x.gguf", "GGUF")
+    inventory = write(
+        tmp_path / "hosts.ini",
+        f"""
+        [gpu]
+        g1
+        [gpu:vars]
+        app_dir={tmp_path}/app
+        models_dir="{{{{ app_dir }}}}/models"
+        """,
+    )
+    playbook = write(
+        tmp_path / "site.yml",
+        f"""
+        - hosts: gpu
+          runtimes: {{llamacpp: }}
+          models:
+            - name: m
+              runtime: llamacpp
+              source: {{path: "{{{{ models_dir }}}}/x.gguf"}}
+              sha256: "{"0" * 64}"
+        """,
+    )
+    site = load_site(playbook, inventory)
+    (play,) = site.plays
+    model = site.play_for(play, site.inventory.hosts["g1"]).models[0]
+    assert model.source["path"] == f"{tmp_path}/app/models/x.gguf"
+    # group_vars/ beside the playbook win over the inventory's
+    write(tmp_path / "playbooks" / "group_vars" / "gpu.yml", f"app_dir: {tmp_path}/data\n")
+    moved = write(tmp_path / "playbooks" / "site.yml", playbook.read_text())
+    site = load_site(moved, inventory)
+    model = site.play_for(site.plays[0], site.inventory.hosts["g1"]).models[0]
+    assert model.source["path"] == f"{tmp_path}/data/models/x.gguf"

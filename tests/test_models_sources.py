@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import os
 import threading
 import zipfile
@@ -14,10 +15,11 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 
-from tests.hf_standin import FileServer, HubStandIn
+import toolkit.models.store
+from tests.hf_standin import FileServer, HubStandIn, LinkedFile
 from toolkit.errors import ToolkitError
 from toolkit.models.sources import FetchedModel, fetch, source_kind
-from toolkit.models.store import ChecksumMismatch, ModelStore
+from toolkit.models.store import STREAM_BUFFER_SIZE, ChecksumMismatch, ModelStore
 
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 WRONG_SHA256 = "0" * 64
@@ -99,6 +101,44 @@ def test_writer_error_leaves_nothing(store: ModelStore) -> None:
     with pytest.raises(RuntimeError), store.writer(None) as blob_writer:
         blob_writer.write(b"half")
         raise RuntimeError("producer failed")
+    assert store_files(store) == []
+
+
+def test_writer_streams_through_its_buffers(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small writeback step, so the background sync runs several times on this file.
+    monkeypatch.setattr(toolkit.models.store, "WRITEBACK_BYTES", 1024 * 1024)
+    data = model_bytes(3 * STREAM_BUFFER_SIZE + 12_345, seed=11)
+    sizes: list[int] = []
+    with store.writer(sha(data)) as blob_writer:
+        blob_writer.fill_from(io.BytesIO(data).readinto, sizes.append)
+    assert store.blob_path(sha(data)).read_bytes() == data
+    assert sizes == [STREAM_BUFFER_SIZE * n for n in (1, 2, 3)] + [len(data)]
+    assert store_files(store) == [f"blobs/sha256/{sha(data)}"]
+
+
+def test_writer_resumed_file_continues_the_hash(store: ModelStore) -> None:
+    data = model_bytes(STREAM_BUFFER_SIZE + 700_000, seed=12)
+    with pytest.raises(ConnectionResetError), store.writer(sha(data), resume_key="k") as first:
+        first.write(data[:700_000])
+        raise ConnectionResetError("dropped")
+    assert [n for n in store_files(store) if n.endswith(".partial")]
+    with store.writer(sha(data), resume_key="k") as second:
+        assert second.offset == 700_000
+        second.fill_from(io.BytesIO(data[700_000:]).readinto)
+    assert store.blob_path(sha(data)).read_bytes() == data
+    assert store_files(store) == [f"blobs/sha256/{sha(data)}"]
+
+
+def test_writer_other_size_than_announced_leaves_nothing(store: ModelStore) -> None:
+    message = "3 bytes where 10 were announced"
+    with (
+        pytest.raises(ToolkitError, match=message),
+        store.writer(None, source="test", resume_key="k") as blob_writer,
+    ):
+        blob_writer.expect_size(10)
+        blob_writer.write(b"abc")
     assert store_files(store) == []
 
 
@@ -237,6 +277,51 @@ def test_url_server_ignoring_range_starts_over(files: FileServer, store: ModelSt
     assert files.gets()[-1].headers.get("range") == "bytes=400000-"
 
 
+def test_url_chunked_body(files: FileServer, store: ModelStore) -> None:
+    data = model_bytes(2 * STREAM_BUFFER_SIZE + 300_000, seed=7)
+    files.chunked = True  # no Content-Length: the total is unknown until the end
+    url = files.add("/m.gguf", data)
+    seen = Progress()
+    got = fetch({"url": url}, sha256=sha(data), store=store, progress=seen.append_pair)
+    assert got.path.read_bytes() == data
+    assert seen[-1] == (len(data), None)
+
+
+def test_url_chunked_body_cut_short_resumes(files: FileServer, store: ModelStore) -> None:
+    data = model_bytes(2 * STREAM_BUFFER_SIZE, seed=8)
+    files.chunked = True
+    url = files.add("/m.gguf", data)
+    files.cut_next(STREAM_BUFFER_SIZE + 100_000)
+    got = fetch({"url": url}, sha256=sha(data), store=store)
+    assert got.path.read_bytes() == data
+    # The first full buffer was kept; the piece of the next one that came before the cut was
+    # lost with the read that failed, and asked for again.
+    ranges = [request.headers.get("range") for request in files.gets()]
+    assert ranges == [None, f"bytes={STREAM_BUFFER_SIZE}-"]
+
+
+def test_url_follows_redirects(files: FileServer, store: ModelStore) -> None:
+    data = model_bytes(400_000, seed=9)
+    files.redirects["/releases/latest/m.gguf"] = files.add("/blobs/abc", data)
+    got = fetch({"url": files.url + "/releases/latest/m.gguf"}, sha256=sha(data), store=store)
+    assert got.path.read_bytes() == data and got.filename == "m.gguf"
+    assert [request.path for request in files.gets()] == ["/releases/latest/m.gguf", "/blobs/abc"]
+
+
+def test_url_resumed_with_wrong_checksum_leaves_nothing(
+    files: FileServer, store: ModelStore
+) -> None:
+    url = files.add("/m.gguf", model_bytes(1_000_000, seed=10))
+    files.cut_next(300_000, 0, 0, 0, 0, 0)
+    with pytest.raises(ToolkitError, match="partial file is kept"):
+        fetch({"url": url}, sha256=WRONG_SHA256, store=store)
+    assert any(name.endswith(".partial") for name in store_files(store))
+    with pytest.raises(ChecksumMismatch, match=WRONG_SHA256):
+        fetch({"url": url}, sha256=WRONG_SHA256, store=store)
+    assert files.gets()[-1].headers.get("range") == "bytes=300000-"
+    assert store_files(store) == []
+
+
 def test_url_wrong_checksum_leaves_nothing(files: FileServer, store: ModelStore) -> None:
     url = files.add("/m.gguf", model_bytes(300_000))
     with pytest.raises(ChecksumMismatch, match=WRONG_SHA256):
@@ -300,6 +385,8 @@ def test_hf_download_with_token(hub: HubStandIn, store: ModelStore) -> None:
     assert resolves and resolves[0].path == "/acme/tiny-GGUF/resolve/main/tiny-q8_0.gguf"
     assert all(r.headers.get("authorization") == "Bearer hf_secret" for r in resolves)
     assert hub.cdn.gets() and all("authorization" not in r.headers for r in hub.cdn.requests)
+    # The Hub is asked once (HEAD: where, what size, which etag); the bytes come in one GET.
+    assert [r.method for r in resolves] == ["HEAD"] and len(hub.cdn.gets()) == 1
     assert seen[-1] == (len(data), len(data))
     assert store_files(store) == [f"blobs/sha256/{sha(data)}"]
 
@@ -315,6 +402,33 @@ def test_hf_wrong_checksum_leaves_nothing(hub: HubStandIn, store: ModelStore) ->
     hub.add_file("acme/tiny", "t.gguf", model_bytes(200_000))
     with pytest.raises(ChecksumMismatch, match=WRONG_SHA256):
         fetch({"hf": "acme/tiny", "file": "t.gguf"}, sha256=WRONG_SHA256, store=store)
+    assert store_files(store) == []
+
+
+def test_hf_interrupted_download_resumes_next_run(hub: HubStandIn, store: ModelStore) -> None:
+    data = model_bytes(2_000_000, seed=13)
+    hub.add_file("acme/tiny", "t.gguf", data)
+    source = {"hf": "acme/tiny", "file": "t.gguf"}
+    hub.cdn.cut_next(800_000, 0, 0, 0, 0, 0)
+    with pytest.raises(ToolkitError, match="partial file is kept"):
+        fetch(source, sha256=sha(data), store=store)
+    partial = [name for name in store_files(store) if name.endswith(".partial")]
+    assert len(partial) == 1 and (store.root / partial[0]).stat().st_size == 800_000
+
+    got = fetch(source, sha256=sha(data), store=store)
+    assert got.path.read_bytes() == data
+    assert hub.cdn.gets()[-1].headers.get("range") == "bytes=800000-"
+    assert store_files(store) == [f"blobs/sha256/{sha(data)}"]
+
+
+def test_hf_other_size_than_announced_leaves_nothing(
+    hub: HubStandIn, files: FileServer, store: ModelStore
+) -> None:
+    data = model_bytes(300_000, seed=14)
+    linked = LinkedFile(files.add("/x", data), sha(data), len(data) + 1)
+    hub.add_file("acme/tiny", "t.gguf", linked)
+    with pytest.raises(ToolkitError, match="announced"):
+        fetch({"hf": "acme/tiny", "file": "t.gguf"}, sha256=None, store=store)
     assert store_files(store) == []
 
 

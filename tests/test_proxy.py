@@ -10,7 +10,7 @@ from tests.upstream_standin import ProxyProcess
 
 
 @pytest.fixture(scope="module")
-def gemma_proxy(llama_engine, tmp_path_factory):
+def gemma_proxy(llama_engine, tmp_path_factory, proxy_server):
     routes = {
         "models": {
             "gemma-3-270m": {
@@ -20,7 +20,7 @@ def gemma_proxy(llama_engine, tmp_path_factory):
             }
         }
     }
-    proxy = ProxyProcess(routes, tmp_path_factory.mktemp("proxy"))
+    proxy = ProxyProcess(routes, tmp_path_factory.mktemp("proxy"), server=proxy_server)
     yield proxy
     proxy.stop()
 

@@ -24,11 +24,12 @@ from tests.upstream_standin import ProxyProcess, StandIn, routes_for
 
 
 @pytest.fixture
-def start_proxy(tmp_path):
+def start_proxy(tmp_path, proxy_server):
+    """Start the proxy, with each HTTP server in turn (``proxy_server``)."""
     started: list[ProxyProcess] = []
 
     def start(routes, **kwargs) -> ProxyProcess:
-        proxy = ProxyProcess(routes, tmp_path, **kwargs)
+        proxy = ProxyProcess(routes, tmp_path, server=proxy_server, **kwargs)
         started.append(proxy)
         return proxy
 
@@ -349,11 +350,12 @@ def test_api_keys(standin, start_proxy, tmp_path):
     assert httpx.get(proxy.url + "/health").status_code == 200  # public
 
 
-def test_refuses_open_proxy_on_public_address(standin, tmp_path):
+def test_refuses_open_proxy_on_public_address(standin, tmp_path, proxy_server):
     routes = tmp_path / "routes.yml"
     routes.write_text(f"models:\n  m:\n    backends: [{{url: '{standin.url}'}}]\n")
     env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_API_KEYS"}
     argv = [sys.executable, "-m", "proxy", "--routes", str(routes), "--host", "0.0.0.0"]
+    argv += ["--server", proxy_server]
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--allow-unauthenticated" in result.stderr
@@ -514,7 +516,7 @@ def test_200_concurrent_streams(start_proxy):
         assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == expected
 
 
-def test_runs_from_a_plain_copy_without_toolkit(standin, tmp_path):
+def test_runs_from_a_plain_copy_without_toolkit(standin, tmp_path, proxy_server):
     """On a host the proxy is a copy of proxy/ in a virtualenv: it must not need toolkit."""
     import shutil
 
@@ -529,7 +531,7 @@ def test_runs_from_a_plain_copy_without_toolkit(standin, tmp_path):
         "runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
     )
     argv = [sys.executable, "-I", "-c", block_toolkit]
-    argv += ["--routes", str(routes), "--port", str(port)]
+    argv += ["--routes", str(routes), "--port", str(port), "--server", proxy_server]
     with open(tmp_path / "log", "wb") as log:
         process = subprocess.Popen(
             argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -19,8 +19,8 @@ BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def proxy(standin, tmp_path):
-    process = ProxyProcess(routes_for("m", standin.url), tmp_path)
+def proxy(standin, tmp_path, proxy_server):
+    process = ProxyProcess(routes_for("m", standin.url), tmp_path, server=proxy_server)
     yield process
     process.stop()
 
@@ -66,9 +66,9 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[byt
     return int(status_line.split()[1]), headers, body
 
 
-def test_idle_connections_are_closed_after_the_keepalive_timeout(standin, tmp_path):
+def test_idle_connections_are_closed_after_the_keepalive_timeout(standin, tmp_path, proxy_server):
     routes = {**routes_for("m", standin.url), "keepalive_timeout": 0.5}
-    process = ProxyProcess(routes, tmp_path)
+    process = ProxyProcess(routes, tmp_path, server=proxy_server)
     try:
         idle, busy = connect(process), connect(process)
         idle_buffer, busy_buffer = bytearray(), bytearray()
@@ -132,6 +132,7 @@ def test_http_10_gets_its_answer_then_the_connection_closes(proxy):
     sock.close()
 
 
+@pytest.mark.builtin_only("uvicorn closes every HTTP/1.0 connection after its answer")
 def test_http_10_keep_alive_when_asked(proxy):
     sock = connect(proxy)
     buffer = bytearray()
@@ -153,8 +154,9 @@ def test_expect_100_continue(proxy, tmp_path):
     sock.close()
 
 
-def test_too_large_with_expect_is_refused_before_the_body(standin, tmp_path):
-    proxy = ProxyProcess({**routes_for("m", standin.url), "max_body_bytes": 100}, tmp_path)
+def test_too_large_with_expect_is_refused_before_the_body(standin, tmp_path, proxy_server):
+    routes = {**routes_for("m", standin.url), "max_body_bytes": 100}
+    proxy = ProxyProcess(routes, tmp_path, server=proxy_server)
     try:
         sock = connect(proxy)
         head = post(b"x" * 5000, extra=b"Expect: 100-continue\r\n").partition(b"\r\n\r\n")[0]
@@ -196,9 +198,9 @@ def test_malformed_request_is_400_and_closed(proxy):
     assert httpx.get(proxy.url + "/health").status_code == 200  # the proxy itself is fine
 
 
-def test_sigterm_lets_a_stream_in_flight_finish(tmp_path):
+def test_sigterm_lets_a_stream_in_flight_finish(tmp_path, proxy_server):
     with StandIn(chunks=20, delay=0.05) as slow:
-        proxy = ProxyProcess(routes_for("m", slow.url), tmp_path)
+        proxy = ProxyProcess(routes_for("m", slow.url), tmp_path, server=proxy_server)
         try:
             body = {"model": "m", "messages": [], "stream": True}
             received: list[bytes] = []
@@ -228,6 +230,7 @@ def test_idle_keep_alive_connections_do_not_delay_a_stop(proxy):
         sock.close()
 
 
+@pytest.mark.builtin_only("uvicorn sends an HTTP/1.0 client a chunked stream")
 def test_http_10_stream_ends_with_the_connection(proxy):
     sock = connect(proxy)
     body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()

@@ -38,6 +38,19 @@ def test_reads_the_documented_shape(tmp_path):
     assert set(routes.lookup()) == {"gemma-3-270m", "gemma"}
 
 
+def test_send_timeout_and_max_connections(tmp_path):
+    defaults = parse_routes("models:\n  m:\n    backends: [{url: 'http://h:1'}]\n", tmp_path)
+    assert (defaults.send_timeout, defaults.max_connections) == (60.0, 1000)
+    text = (
+        "models:\n  m:\n    backends: [{url: 'http://h:1'}]\n"
+        "send_timeout: 2.5\nmax_connections: 50\n"
+    )
+    routes = parse_routes(text, tmp_path)
+    assert (routes.send_timeout, routes.max_connections) == (2.5, 50)
+    with pytest.raises(RoutesError, match=r"r.yml:5: max_connections must be a positive integer"):
+        parse_routes(text.replace("50", "1.5"), tmp_path / "r.yml")
+
+
 @pytest.mark.parametrize(
     ("text", "line", "words"),
     [

@@ -50,8 +50,9 @@ def wait_for(condition, timeout: float = 15.0) -> bool:
 
 
 @pytest.fixture
-def workers_proxy(standin, tmp_path):
-    proxy = ProxyProcess(routes_for("m", standin.url), tmp_path, args=("--workers", "2"))
+def workers_proxy(standin, tmp_path, proxy_server):
+    routes = routes_for("m", standin.url)
+    proxy = ProxyProcess(routes, tmp_path, args=("--workers", "2"), server=proxy_server)
     assert wait_for(lambda: len(children_of(proxy.process.pid)) == 2)
     yield proxy
     stop_process(proxy.process)

@@ -6,18 +6,22 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import refusing_port
 from tests.sshbed import BedHost, SSHBed
+from toolkit.hosts import sshconfig
 from toolkit.hosts.connect import connect
 from toolkit.hosts.connection import HostUnreachable, LocalConnection, quote
 from toolkit.hosts.ssh import HostKeyRejected, SSHConnection, parse_host_spec
-from toolkit.inventory import load_inventory
+from toolkit.inventory import Host, load_inventory
 
 
 def open_ssh(host: BedHost, **options) -> SSHConnection:
@@ -381,6 +385,313 @@ def test_a_jump_host_carries_the_connection(ssh_hosts):
         assert conn.run("true").ok
     assert jump.logins() - jump_logins == 1
     assert target.logins() - target_logins == 1
+
+
+# -- ssh_config, as OpenSSH and Ansible read it ------------------------------------------------
+
+
+def inventory_host(tmp_path: Path, name: str, **host_vars) -> Host:
+    """``name`` in a one-host YAML inventory with ``host_vars``, through the real loader."""
+    path = tmp_path / f"inventory-{secrets.token_hex(3)}.yml"
+    path.write_text(yaml.safe_dump({"all": {"hosts": {name: host_vars or None}}}))
+    return load_inventory(path).hosts[name]
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_host_reached_only_through_an_ssh_config_alias(ssh_hosts, tmp_path, monkeypatch):
+    host = ssh_hosts[2]
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    config = write_config(
+        tmp_path / "ssh_config",
+        f"""\
+        Host gpu-01
+            HostName {host.address}
+            Port {host.port}
+            User {host.user}
+            IdentityFile {host.key_file}
+            UserKnownHostsFile {host.known_hosts}
+        """,
+    )
+    # the way Ansible users name a config file: -F in the ssh arguments
+    by_flag = inventory_host(tmp_path, "gpu-01", ansible_ssh_common_args=f"-F {config}")
+    with connect(by_flag) as conn:
+        assert conn.run("id -un").stdout == f"{host.user}\n"
+    # or $TOOLKIT_SSH_CONFIG, for every host
+    monkeypatch.setenv(sshconfig.ENV_VAR, str(config))
+    with connect(inventory_host(tmp_path, "gpu-01")) as conn:
+        assert conn.run("id -un").stdout == f"{host.user}\n"
+    # or ~/.ssh/config, with an Include as users split theirs
+    monkeypatch.delenv(sshconfig.ENV_VAR)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".ssh" / "config.d").mkdir(parents=True)
+    (tmp_path / "home" / ".ssh" / "config.d" / "gpu").write_text(config.read_text())
+    (tmp_path / "home" / ".ssh" / "config").write_text("Include config.d/*\n")
+    with connect(inventory_host(tmp_path, "gpu-01")) as conn:
+        assert conn.run("id -un").stdout == f"{host.user}\n"
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ("-F /nonexistent", "ssh config file /nonexistent .* does not exist"),
+        ("-o Port=abc", 'ssh option port: "abc" is not a number'),
+    ],
+)
+def test_unusable_ssh_settings_are_a_one_line_error(tmp_path, args, error):
+    conn = connect(inventory_host(tmp_path, "gpu-01", ansible_ssh_common_args=args))
+    with pytest.raises(HostUnreachable, match=f"^gpu-01: .*{error}") as caught:
+        conn.run("true")
+    assert "\n" not in str(caught.value)
+
+
+def test_inventory_values_win_over_ssh_args_which_win_over_ssh_config(ssh_hosts, tmp_path):
+    host = ssh_hosts[2]
+    with refusing_port() as down:
+        closed = down.getsockname()[1]
+        config = write_config(
+            tmp_path / "ssh_config",
+            f"""\
+            Host {host.address}
+                Port {closed}
+                User nobody-here
+                IdentityFile {host.key_file}
+                UserKnownHostsFile {host.known_hosts}
+            """,
+        )
+        args = f"-F {config}"
+        cases = [
+            # ssh_config alone: its wrong port and user; then what overrides them
+            ({"ansible_ssh_common_args": args}, False),
+            ({"ansible_ssh_common_args": f"{args} -o Port={host.port} -o User={host.user}"}, True),
+            (
+                {
+                    "ansible_ssh_common_args": args,
+                    "ansible_ssh_extra_args": f"-p {host.port}",
+                    "ansible_user": host.user,
+                },
+                True,
+            ),  # fmt: skip
+            # the inventory's own port beats an -o Port in the arguments
+            (
+                {
+                    "ansible_ssh_common_args": f"{args} -o Port={closed}",
+                    "ansible_port": host.port,
+                    "ansible_user": host.user,
+                },
+                True,
+            ),  # fmt: skip
+        ]
+        for host_vars, reaches in cases:
+            inv = inventory_host(tmp_path, "node", ansible_host=host.address, **host_vars)
+            with connect(inv, connect_timeout=5) as conn:
+                if reaches:
+                    assert conn.run("id -un").stdout == f"{host.user}\n", host_vars
+                else:
+                    with pytest.raises(HostUnreachable, match="refused"):
+                        conn.run("true")
+
+
+def test_a_wrong_identity_file_is_named_in_a_one_line_error(ssh_hosts, tmp_path, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    host = ssh_hosts[0]
+    stranger = keygen(tmp_path / "stranger_key")
+    for key, expected in ((stranger, f"{stranger}"), (tmp_path / "gone", "does not exist")):
+        config = write_config(
+            tmp_path / "ssh_config",
+            f"""\
+            Host gpu-02
+                HostName {host.address}
+                Port {host.port}
+                User {host.user}
+                IdentityFile {key}
+                UserKnownHostsFile {host.known_hosts}
+            """,
+        )
+        inv = inventory_host(tmp_path, "gpu-02", ansible_ssh_common_args=f"-F {config}")
+        with pytest.raises(HostUnreachable) as caught:
+            connect(inv).run("true")
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith("gpu-02 (")
+        assert "authentication failed" in message
+        assert f"IdentityFile {key}" in message and expected in message
+
+
+UNREACHABLE_SCRIPT = """
+import sys
+from toolkit.hosts.connection import HostUnreachable
+from toolkit.hosts.ssh import SSHConnection
+conn = SSHConnection("far-away", "127.0.0.1", port=int(sys.argv[1]), connect_timeout=1)
+try:
+    conn.run("true")
+except HostUnreachable as exc:
+    print(exc)
+"""
+
+
+def test_an_unreachable_host_prints_no_traceback(tmp_path):
+    with socket.socket() as silent, refusing_port() as down:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # accepts, never speaks: paramiko's transport thread fails on its own
+        for port in (silent.getsockname()[1], down.getsockname()[1]):
+            proc = subprocess.run(
+                [sys.executable, "-c", UNREACHABLE_SCRIPT, str(port)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+            )
+            assert proc.stderr == ""
+            assert len(proc.stdout.splitlines()) == 1
+            assert proc.stdout.startswith("far-away (")
+
+
+# -- a host only a jump host can reach -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jump_bed():
+    with SSHBed(count=2, behind_jump=True) as bed:
+        yield bed
+
+
+def jump_config(bed: SSHBed, path: Path, jump_key: Path | None = None) -> Path:
+    jump, target = bed.hosts
+    return write_config(
+        path,
+        f"""\
+        Host gpu-inner
+            HostName {target.address}
+            Port {target.port}
+            User {target.user}
+            IdentityFile {target.key_file}
+            ProxyJump bastion
+        Host bastion
+            HostName {jump.address}
+            Port {jump.port}
+            User {jump.user}
+            IdentityFile {jump_key or jump.key_file}
+        Host *
+            IdentitiesOnly yes
+            UserKnownHostsFile {bed.known_hosts}
+        """,
+    )
+
+
+def test_the_target_refuses_a_direct_login(jump_bed):
+    target = jump_bed.hosts[1]
+    with pytest.raises(HostUnreachable, match="refused"):
+        open_ssh(target, connect_timeout=5).run("true")
+
+
+def test_a_host_behind_a_jump_host_in_ssh_config(jump_bed, tmp_path, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    jump, target = jump_bed.hosts
+    before = jump.logins(), target.logins()
+    config = jump_config(jump_bed, tmp_path / "ssh_config")
+    inv = inventory_host(tmp_path, "gpu-inner", ansible_ssh_common_args=f"-F {config}")
+    payload = secrets.token_bytes(300_000)
+    with connect(inv) as conn:
+        assert conn.run("id -un").stdout == f"{target.user}\n"
+        conn.put_bytes(payload, "~/behind/blob")
+        assert conn.run("cat ~/behind/blob | wc -c").stdout.strip() == str(len(payload))
+    assert (target.home / "behind" / "blob").read_bytes() == payload
+    assert (jump.logins() - before[0], target.logins() - before[1]) == (1, 1)
+
+
+def test_proxy_jump_for_every_host_does_not_loop_through_the_jump_host(jump_bed, tmp_path):
+    jump, target = jump_bed.hosts
+    config = write_config(
+        tmp_path / "ssh_config",
+        f"""\
+        Host gpu-inner
+            HostName {target.address}
+            Port {target.port}
+            User {target.user}
+        Host bastion
+            HostName {jump.address}
+            Port {jump.port}
+            User {jump.user}
+        Host *
+            ProxyJump bastion
+            IdentityFile {target.key_file}
+            UserKnownHostsFile {jump_bed.known_hosts}
+        """,
+    )
+    inv = inventory_host(tmp_path, "gpu-inner", ansible_ssh_common_args=f"-F {config}")
+    jump_logins = jump.logins()
+    with connect(inv) as conn:
+        assert conn.run("id -un").stdout == f"{target.user}\n"
+    assert jump.logins() - jump_logins == 1  # not bastion through bastion
+
+
+@pytest.mark.parametrize("flag", ["-o ProxyJump={}", "-J {}", "-o 'ProxyJump {}'"])
+def test_a_jump_host_from_the_ansible_ssh_args(jump_bed, tmp_path, flag):
+    jump, target = jump_bed.hosts
+    spec = f"{jump.user}@{jump.address}:{jump.port}"
+    inv = inventory_host(
+        tmp_path,
+        "inner",
+        **target.inventory_vars(),
+        ansible_ssh_common_args=flag.format(spec),
+    )
+    with connect(inv, known_hosts=jump_bed.known_hosts) as conn:
+        assert conn.run("id -un").stdout == f"{target.user}\n"
+
+
+def test_a_proxy_command_in_ssh_config(jump_bed, tmp_path):
+    jump, target = jump_bed.hosts
+    config = write_config(
+        tmp_path / "ssh_config",
+        f"""\
+        Host gpu-inner
+            HostName {target.address}
+            Port {target.port}
+            User {target.user}
+            IdentityFile {target.key_file}
+            UserKnownHostsFile {jump_bed.known_hosts}
+            ProxyCommand ssh -F none -i {jump.key_file} -o BatchMode=yes -o UserKnownHostsFile={jump_bed.known_hosts} -p {jump.port} -W %h:%p {jump.user}@{jump.address}
+        """,  # noqa: E501
+    )
+    inv = inventory_host(tmp_path, "gpu-inner", ansible_ssh_common_args=f"-F {config}")
+    with connect(inv) as conn:
+        assert conn.run("id -un").stdout == f"{target.user}\n"
+
+
+def test_a_jump_host_that_refuses_is_named_not_the_target(jump_bed, tmp_path, monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    jump, target = jump_bed.hosts
+    stranger = keygen(tmp_path / "stranger_key")
+    config = jump_config(jump_bed, tmp_path / "ssh_config", jump_key=stranger)
+    inv = inventory_host(tmp_path, "gpu-inner", ansible_ssh_common_args=f"-F {config}")
+    with pytest.raises(HostUnreachable) as caught:
+        connect(inv).run("true")
+    message = str(caught.value)
+    assert message.startswith(
+        f"gpu-inner: jump host bastion ({jump.user}@{jump.address}:{jump.port}): "
+        "authentication failed"
+    )
+    assert f"{target.port}" not in message and "\n" not in message
+
+    with refusing_port() as down:
+        spec = f"{jump.user}@127.0.0.1:{down.getsockname()[1]}"
+        inv = inventory_host(tmp_path, "inner", **target.inventory_vars(), ansible_jump_host=spec)
+        with pytest.raises(HostUnreachable, match=f"^inner: jump host {spec}: connection refused"):
+            connect(inv, known_hosts=jump_bed.known_hosts).run("true")
+
+
+def test_a_jump_host_that_cannot_reach_the_target_says_so(jump_bed, tmp_path):
+    jump, target = jump_bed.hosts
+    spec = f"{jump.user}@{jump.address}:{jump.port}"
+    inv = inventory_host(
+        tmp_path, "inner", **{**target.inventory_vars(), "ansible_port": 1}, ansible_jump_host=spec
+    )
+    with pytest.raises(HostUnreachable, match=f"^inner: jump host {spec} cannot reach 127.0.0.1:1"):
+        connect(inv, known_hosts=jump_bed.known_hosts).run("true")
 
 
 def test_parse_host_spec():

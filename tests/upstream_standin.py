@@ -6,10 +6,13 @@ answer 503 as llama.cpp does while loading, die in the middle of a stream, or st
 test can watch the proxy close the request when its client goes away. It is a stand-in, not an
 engine: the real engine is the ``llama_engine`` fixture.
 
-``ProxyProcess`` runs ``python -m proxy`` in a subprocess on a free port and stops it by pid.
+``ProxyProcess`` runs ``python -m proxy`` in a subprocess on a free port and stops it by pid, with
+either HTTP server (``server``: builtin or uvicorn) and optionally HTTPS.
 
 The ``standin`` fixture (a ``StandIn`` in ok mode for one test) reaches every test module through
-``pytest_plugins`` in conftest.py.
+``pytest_plugins`` in conftest.py. So does ``proxy_server``: a test that asks for it runs once per
+HTTP server the proxy has, so that their behaviour cannot drift apart; one marked
+``@pytest.mark.builtin_only("why")`` runs against the builtin server alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +35,20 @@ from aiohttp import web
 from tests.conftest import REPO, free_port, stop_process, wait_http_ok
 
 MODES = ("ok", "loading", "die_mid_stream", "error")
+SERVERS = ("builtin", "uvicorn")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "builtin_only(reason): what uvicorn cannot do alike; runs on the builtin server"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "proxy_server" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("builtin_only")
+        servers = SERVERS[:1] if only else SERVERS
+        metafunc.parametrize("proxy_server", servers, scope="module")
 
 
 @pytest.fixture
@@ -209,11 +227,17 @@ class ProxyProcess:
         directory: Path,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        server: str = "builtin",
+        ca: Path | None = None,
     ) -> None:
+        """``server``: the HTTP server; ``ca``: the certificate to trust when the proxy speaks
+        HTTPS (its routes or ``args`` give it a certificate)."""
+        assert server in SERVERS, server
+        self.server = server
         self.routes_path = directory / "routes.yml"
         self.write_routes(routes)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.log_path = directory / "proxy.log"
         environ = {k: v for k, v in os.environ.items() if k != "TOOLKIT_API_KEYS"}
         environ.update(env or {})
@@ -222,6 +246,7 @@ class ProxyProcess:
             "--routes", str(self.routes_path),
             "--host", "127.0.0.1",
             "--port", str(self.port),
+            "--server", server,
             *args,
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
@@ -234,7 +259,8 @@ class ProxyProcess:
                 start_new_session=True,
             )
         try:
-            wait_http_ok(self.url + "/health", deadline_s=30, proc=self.process)
+            verify = ssl.create_default_context(cafile=ca) if ca else True
+            wait_http_ok(self.url + "/health", deadline_s=30, proc=self.process, verify=verify)
         except BaseException:
             self.stop()
             raise

@@ -42,6 +42,7 @@ class HostResult:
     address: str = ""  # where the host is reached (its endpoint's address)
     changes: list[Change] = field(default_factory=list)
     ok: int = 0
+    applied: int = 0  # changes applied (fewer than changes when one failed, none under --check)
     failed: bool = False
     unreachable: bool = False
     error: str = ""
@@ -218,12 +219,15 @@ class Engine:
         self.connections: dict[str, Connection] = {}
 
     def connection(self, host: Host) -> Connection:
+        if host.unsupported:  # a docker/winrm/... host: refused when a play targets it
+            raise HostUnreachable(host.unsupported)
         if host.name not in self.connections:
-            self.connections[host.name] = connect(
+            conn = connect(
                 host,
                 host_key_policy=self.options.host_key_policy,
                 become_password=self.become_password,
             )
+            self.connections[host.name] = self.reporter.traced(host.name, conn)  # -vv, -vvv
         return self.connections[host.name]
 
     def run(self) -> list[HostResult]:
@@ -318,7 +322,10 @@ class Engine:
             ctx.sh('mkdir -p "$TK_DATA"', "creating the data dir")
         for change in result.changes:
             self.reporter.step(host.name, change)
+            started = time.monotonic()
             change.resource.apply(change, ctx)
+            result.applied += 1
+            self.reporter.step_done(host.name, change, time.monotonic() - started)
         self.verify(ctx, design, result)
 
     @staticmethod

@@ -16,8 +16,18 @@ Variables are merged the way Ansible merges them (``hash_behaviour=replace``), l
 5. inline host vars (a host listed several times: later entries win)
 6. ``host_vars/<host>``
 
-``group_vars/`` and ``host_vars/`` are read from the directory of the inventory file; each may be
-a file (``.yml``, ``.yaml``, ``.json`` or no extension) or a directory of such files.
+``group_vars/`` and ``host_vars/`` are read beside each inventory source (the directory of a file,
+or the directory itself) and then beside the playbook, the playbook's winning; each may be a file
+(``.yml``, ``.yaml``, ``.json`` or no extension) or a directory of such files.
+
+Sources: a file (``.yml``/``.yaml``/``.json`` as YAML, ``.ini`` as INI, no extension: YAML when it
+parses as an inventory mapping, else INI), a directory (every file in it, sorted, as Ansible), or
+several of them, merged in order. ``localhost`` needs no entry: named in a pattern, it is the
+implicit local host (``ansible_connection=local``), as in Ansible.
+
+Hosts whose ``ansible_connection`` toolkit cannot speak (``docker``, ``winrm``...) or that ask to
+become a user other than root are kept, with the reason in ``Host.unsupported``: a run refuses
+them only when a play targets them.
 """
 
 from __future__ import annotations
@@ -30,8 +40,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
+
 from toolkit.errors import ConfigError, ToolkitError, did_you_mean
 from toolkit.positions import Pos, PosDict, load_yaml
+from toolkit.variables import is_template, render
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -44,14 +57,24 @@ KEY_FILE_KEYS = ("ansible_ssh_private_key_file", "ansible_private_key_file", "ke
 JUMP_KEYS = ("ansible_jump_host", "jump")
 SSH_ARGS_KEYS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
 
+BECOME_USER_KEYS = ("ansible_become_user",)
 # Ansible connection plugins that all mean "OpenSSH-like SSH" to us.
 SSH_CONNECTIONS = frozenset({"ssh", "paramiko", "paramiko_ssh", "smart"})
+# Read by the inventory itself (merge order), not a variable of the host, as in Ansible.
+GROUP_PRIORITY = "ansible_group_priority"
+# Files a directory source skips, as Ansible's INVENTORY_IGNORE_EXTS.
+_IGNORED_SUFFIXES = (".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig",
+                     ".cfg", ".retry")  # fmt: skip
+_VAR_DIRS = ("group_vars", "host_vars")
+_IMPLICIT = ("localhost", "127.0.0.1", "::1")  # Ansible's implicit local host names
 
 _TRUE = frozenset({"true", "yes", "on", "1", "y"})
 _FALSE = frozenset({"false", "no", "off", "0", "n", ""})
 
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _RANGE = re.compile(r"\[([A-Za-z0-9]+):([A-Za-z0-9]+)(?::([0-9]+))?\]")
+# An INI host line starting with a bracketed IPv6 address and a port, not a [section].
+_IPV6_HOST_LINE = re.compile(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]:[0-9]+(\s|$)")
 _VAR_FILE_SUFFIXES = ("", ".yml", ".yaml", ".json")
 _SECTION_KINDS = ("hosts", "vars", "children")
 _YAML_GROUP_KEYS = ("hosts", "vars", "children")
@@ -84,9 +107,19 @@ class Host:
     pos: Pos | None = field(default=None, repr=False)  # where the host was first listed
 
     def _first(self, keys: tuple[str, ...]):
+        """The value of the first of ``keys`` set, its templates rendered with the host's vars."""
         for key in keys:
-            if self.vars.get(key) is not None:
-                return self.vars[key]
+            value = self.vars.get(key)
+            if value is None:
+                continue
+            if not is_template(value):
+                return value
+            try:
+                return render(value, {"inventory_hostname": self.name, **self.vars})
+            except jinja2.TemplateError as exc:
+                raise ToolkitError(
+                    f'host {self.name}: cannot render {key} "{value}": {exc}'
+                ) from None
         return None
 
     @property
@@ -109,6 +142,25 @@ class Host:
         if value is None:
             return "local" if self.name in LOCAL_NAMES else "ssh"
         return "local" if value == "local" else "ssh"
+
+    @property
+    def unsupported(self) -> str | None:
+        """Why toolkit cannot work on this host, or None. Refused only when a play targets it."""
+        value = self._first(CONNECTION_KEYS)
+        if value is not None and value != "local" and value not in SSH_CONNECTIONS:
+            where = self.var_pos.get("ansible_connection") or self.var_pos.get("connection")
+            at = f" (set at {where.path}:{where.line})" if where else ""
+            return (
+                f'host {self.name}: connection "{value}"{at} is not one toolkit can reach; '
+                "it speaks ssh and local only"
+            )
+        become_user = self._first(BECOME_USER_KEYS)
+        if self.become and become_user not in (None, "root"):
+            return (
+                f'host {self.name}: ansible_become_user "{become_user}" is not supported; toolkit '
+                "becomes root (sudo) where it must, and works as the login user otherwise"
+            )
+        return None
 
     @property
     def become(self) -> bool:
@@ -155,39 +207,66 @@ class Group:
 
 @dataclass
 class Inventory:
-    path: Path
+    path: Path  # the first source
     hosts: dict[str, Host]
     groups: dict[str, Group]
+    implicit: dict[str, Host] = field(default_factory=dict)  # localhost when not listed
+    sources: list[Path] = field(default_factory=list)
 
     def select(self, pattern: str) -> list[Host]:
-        """Hosts matching an Ansible host pattern, in inventory order.
+        """Hosts matching an Ansible host pattern, in the order Ansible gives them.
 
-        ``all`` or ``*``; a group or host name; globs (``web*``); ``~regex``; terms joined by
-        ``:`` or ``,`` (union), ``&term`` (intersection) and ``!term`` (exclusion).
+        ``all`` or ``*``; a group or host name; globs (``web*``); ``~regex``; a subscript of any
+        of these (``web[0]``, ``web[-1]``, ``web[0:2]``, ``web[8:]``); terms joined by ``,`` or
+        ``:`` (union), ``&term`` (intersection) and ``!term`` (exclusion), the ``&`` and ``!``
+        terms applying to the union of the others whatever their place in the list.
         """
-        terms = _split_pattern(pattern)
+        whole = pattern.strip()
+        terms = [whole] if whole in self.hosts else _split_pattern(pattern)
         if not terms:
             raise NoHostsMatched(pattern, None, list(self.groups), list(self.hosts))
-        plain = [t for t in terms if t[0] not in "&!"]
-        chosen: set[str] = set() if plain else set(self.hosts)
+        plain = [t for t in terms if t[0] not in "&!"] or ["all"]
+        chosen: list[str] = []
         for term in plain:
-            chosen |= self._match(pattern, term)
+            chosen += [name for name in self._match(pattern, term) if name not in chosen]
         for term in (t for t in terms if t[0] == "&"):
-            chosen &= self._match(pattern, term[1:])
+            keep = set(self._match(pattern, term[1:]))
+            chosen = [name for name in chosen if name in keep]
         for term in (t for t in terms if t[0] == "!"):
-            chosen -= self._match(pattern, term[1:])
-        selected = [host for name, host in self.hosts.items() if name in chosen]
-        if not selected:
+            try:
+                drop = set(self._match(pattern, term[1:]))
+            except NoHostsMatched:
+                if not _is_wildcard(term[1:]):
+                    raise  # a name that exists nowhere is a typo; a glob may match nothing
+                drop = set()
+            chosen = [name for name in chosen if name not in drop]
+        if not chosen:
             raise NoHostsMatched(pattern, None, list(self.groups), list(self.hosts))
-        return selected
+        return [self.hosts.get(name) or self.implicit[name] for name in chosen]
 
-    def _match(self, pattern: str, term: str) -> set[str]:
-        if term in ("all", "*"):
-            return set(self.hosts)
-        if term in self.groups:
-            return set(self._hosts_of_group(term))
+    def _match(self, pattern: str, term: str) -> list[str]:
+        expr, subscript = _split_subscript(term)
+        if subscript is None:
+            return self._enumerate(pattern, expr)
+        try:
+            found = self._enumerate(pattern, expr)
+        except NoHostsMatched:
+            raise ToolkitError(_subscript_of_nothing(term, expr)) from None
+        start, end = subscript
+        try:
+            if end is None:
+                return [found[start]]
+            return found[start : (len(found) if end == -1 else end + 1)]
+        except IndexError:
+            raise ToolkitError(
+                f'host pattern "{term}": no host at that index ({expr} holds {len(found)})'
+            ) from None
+
+    def _enumerate(self, pattern: str, term: str) -> list[str]:
         if term in self.hosts:
-            return {term}
+            return [term]
+        if term in ("all", "*"):
+            return self._hosts_of_group("all")
         if term.startswith("~"):
             try:
                 regex = re.compile(term[1:])
@@ -203,27 +282,98 @@ class Inventory:
             def matches(name: str) -> bool:
                 return fnmatch.fnmatchcase(name, term)
 
-        found = {name for name in self.hosts if matches(name)}
-        for group in self.groups:
-            if matches(group):
-                found.update(self._hosts_of_group(group))
-        if not found and not any(matches(g) for g in self.groups):
+        found: list[str] = []
+        groups = [group for group in self.groups if matches(group)]
+        for group in groups:
+            found += [name for name in self._hosts_of_group(group) if name not in found]
+        if not groups or term[0] == "~" or any(ch in term for ch in ".?*["):
+            found += [name for name in self.hosts if matches(name) and name not in found]
+        if not found and term in LOCAL_NAMES and term in self.implicit:
+            return [term]
+        if not found and not groups:
             raise NoHostsMatched(pattern, term, list(self.groups), list(self.hosts))
         return found
 
-    def _hosts_of_group(self, name: str) -> Iterator[str]:
-        return (host.name for host in self.hosts.values() if name in host.groups)
+    def _hosts_of_group(self, name: str) -> list[str]:
+        """The group's own hosts, then its children's, level by level (as Ansible lists them)."""
+        hosts: list[str] = []
+        level, seen = [name], {name}
+        while level:
+            for group in level:
+                hosts += [h for h in self.groups[group].hosts if h not in hosts]
+            following = []
+            for group in level:
+                for child in self.groups[group].children:
+                    if child not in seen:
+                        seen.add(child)
+                        following.append(child)
+            level = following
+        return hosts
 
 
-def load_inventory(path: str | Path) -> Inventory:
-    """Read an inventory: ``.yml``/``.yaml`` as YAML, anything else as INI."""
-    path = Path(path)
-    builder = _Builder(path)
-    if path.suffix in (".yml", ".yaml"):
-        builder.read_yaml()
-    else:
-        builder.read_ini()
-    return builder.build()
+def load_inventory(
+    sources: str | Path | list[str | Path],
+    *,
+    playbook_dir: str | Path | None = None,
+    defaults: dict | None = None,
+) -> Inventory:
+    """Read one inventory source or several, merged in order (see the module's docstring).
+
+    ``playbook_dir``: its ``group_vars/`` and ``host_vars/`` are read last (they win).
+    ``defaults``: connection settings from the command line (``ansible_user``,
+    ``ansible_ssh_private_key_file``, ``ansible_become``), used by the hosts whose inventory does
+    not set them, as Ansible's ``-u``, ``--private-key`` and ``-b``.
+    """
+    paths = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if not paths:
+        raise ToolkitError("no inventory given")
+    builder = _Builder(paths[0])
+    for path in paths:
+        builder.read_source(path)
+    if playbook_dir is not None:
+        builder.add_var_dir(Path(playbook_dir))
+    inventory = builder.build()
+    inventory.sources = paths
+    for host in [*inventory.hosts.values(), *inventory.implicit.values()]:
+        for key, value in (defaults or {}).items():
+            same = next((keys for keys in _DEFAULTABLE if key in keys), (key,))
+            if host._first(same) is None:
+                host.vars[key] = value
+    return inventory
+
+
+_DEFAULTABLE = (USER_KEYS, KEY_FILE_KEYS, BECOME_KEYS)
+
+
+def _is_wildcard(term: str) -> bool:
+    return term.startswith("~") or any(ch in term for ch in "*?[")
+
+
+def _subscript_of_nothing(term: str, expr: str) -> str:
+    """What to say when ``web0[1-4]`` was meant as a range of names: in Ansible (and here) it
+    picks hosts by position from the group or hosts ``web0`` matches."""
+    hint = "use a regex (~...)"
+    match = re.fullmatch(r".+\[([0-9]):?-?([0-9])\]", term)
+    if match:
+        hint = f'use a regex: "~{expr}[{match.group(1)}-{match.group(2)}]"'
+    return (
+        f'host pattern "{term}": a subscript picks hosts by position from what "{expr}" '
+        f"matches, and no host or group matches it; to match host names, {hint}"
+    )
+
+
+def _split_subscript(term: str) -> tuple[str, tuple[int, int | None] | None]:
+    """``web[0]`` -> ("web", (0, None)); ``web[1:3]`` -> ("web", (1, 3)); ``web[2:]`` ->
+    ("web", (2, -1)). A regex (``~...``) has no subscript."""
+    if term.startswith("~"):
+        return term, None
+    match = re.fullmatch(r"(.+)\[(?:(-?[0-9]+)|([0-9]+)[:-]([0-9]*))\]", term)
+    if not match:
+        return term, None
+    expr, index, start, end = match.groups()
+    if index is not None:
+        return expr, (int(index), None)
+    return expr, (int(start), int(end) if end else -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,12 +402,6 @@ def _check_var(key: str, value: object, pos: Pos) -> None:
             raise pos.error(f'{key} must be a port number, got "{value}"') from None
         if not 0 < port < 65536:
             raise pos.error(f"{key} must be between 1 and 65535, got {port}")
-    elif key in CONNECTION_KEYS:
-        if value != "local" and value not in SSH_CONNECTIONS:
-            raise pos.error(
-                f'{key} "{value}" is not supported (use local or ssh)'
-                + did_you_mean(str(value), ["local", "ssh"])
-            )
     elif key in BECOME_KEYS:
         try:
             _to_bool(value)
@@ -457,8 +601,63 @@ class _Builder:
         self.groups: dict[str, _GroupDef] = {}
         self.hosts: dict[str, _HostDef] = {}
         self.pending_vars: dict[str, Pos] = {}  # INI [x:vars] of groups not yet defined
+        self.var_dirs: list[Path] = []  # where group_vars/ and host_vars/ are looked for
+        self.implicit: dict[str, _HostDef] = {}  # localhost & co, when no source lists them
         self.group("all", Pos(self.name, 1, 1))
         self.group("ungrouped", Pos(self.name, 1, 1))
+
+    def implicit_def(self, name: str) -> _HostDef:
+        if name not in self.implicit:
+            host = _HostDef(name, Pos(self.name, 1, 1))
+            host.inline.values["ansible_connection"] = "local"
+            self.implicit[name] = host
+        return self.implicit[name]
+
+    # -- sources -------------------------------------------------------------------------
+
+    def add_var_dir(self, directory: Path) -> None:
+        if directory.resolve() not in [d.resolve() for d in self.var_dirs]:
+            self.var_dirs.append(directory)
+
+    def read_source(self, path: Path) -> None:
+        if path.is_dir():
+            self.add_var_dir(path)
+            self._read_directory(path)
+        elif path.is_file():
+            self.add_var_dir(path.parent)
+            self._read_file(path)
+        else:
+            raise ConfigError(str(path), None, None, "inventory not found")
+
+    def _read_directory(self, directory: Path) -> None:
+        """Every file in it, sorted by name, as Ansible reads an inventory directory."""
+        for entry in sorted(directory.iterdir()):
+            if entry.name.startswith(".") or entry.name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if entry.is_dir():
+                if entry.name not in _VAR_DIRS:
+                    self._read_directory(entry)
+            elif entry.is_file():
+                self._read_file(entry)
+
+    def _read_file(self, path: Path) -> None:
+        """``.yml``/``.yaml``/``.json`` as YAML; ``.ini`` and the rest as INI, except a file without
+        an extension that parses as a YAML inventory (Ansible tries YAML first for those)."""
+        self.name = str(path)
+        if path.suffix in (".yml", ".yaml", ".json"):
+            self.read_yaml(path)
+            return
+        if not path.suffix:
+            try:
+                data = load_yaml(path)
+            except (ConfigError, UnicodeDecodeError):
+                data = None
+            if isinstance(data, PosDict) and all(
+                isinstance(body, (PosDict, type(None))) for body in data.values()
+            ):
+                self.read_yaml(path)
+                return
+        self.read_ini(path)
 
     # -- shared --------------------------------------------------------------------------
 
@@ -503,8 +702,8 @@ class _Builder:
 
     # -- YAML ----------------------------------------------------------------------------
 
-    def read_yaml(self) -> None:
-        data = load_yaml(self.path)
+    def read_yaml(self, path: Path) -> None:
+        data = load_yaml(path)
         if data is None:
             return
         if not isinstance(data, PosDict):
@@ -556,19 +755,20 @@ class _Builder:
 
     # -- INI -----------------------------------------------------------------------------
 
-    def read_ini(self) -> None:
+    def read_ini(self, path: Path) -> None:
         try:
-            text = self.path.read_text()
+            text = path.read_text()
         except OSError as exc:
             raise ConfigError(self.name, None, None, f"cannot read: {exc.strerror}") from None
         group, kind = "ungrouped", "hosts"
+        pending_children: dict[str, list[tuple[str, Pos]]] = {}
         for lineno, raw in enumerate(text.splitlines(), start=1):
             line = raw.strip()
             if not line or line[0] in "#;":
                 continue
             col = raw.index(line[0]) + 1
             pos = Pos(self.name, lineno, col)
-            if line.startswith("["):
+            if line.startswith("[") and not _IPV6_HOST_LINE.match(line):
                 group, kind = self._ini_section(line, pos)
             elif kind == "hosts":
                 self._ini_host_line(group, raw, line, pos)
@@ -580,7 +780,16 @@ class _Builder:
                 self.groups[group].inline.set(key, _parse_ini_value(value.strip()), pos)
             else:
                 child = re.split(r"\s+[#;]", line, maxsplit=1)[0].strip()
-                self.add_child(group, child, pos)
+                if child in self.groups:
+                    self.add_child(group, child, pos)
+                else:  # it must be declared later in this file, as Ansible requires
+                    pending_children.setdefault(child, []).append((group, pos))
+            if kind != "vars" and group in pending_children:
+                for parent, child_pos in pending_children.pop(group):
+                    self.add_child(parent, group, child_pos)
+        if pending_children:
+            child, [(parent, pos), *_] = next(iter(pending_children.items()))
+            raise pos.error(f'[{parent}:children] names group "{child}", which is never defined')
         if self.pending_vars:
             name, pos = next(iter(self.pending_vars.items()))
             raise pos.error(f"[{name}:vars] is for a group that is never defined")
@@ -626,13 +835,15 @@ class _Builder:
     # -- group_vars/ and host_vars/ ------------------------------------------------------
 
     def read_var_files(self) -> None:
-        base = self.path.parent
-        for name, group in self.groups.items():
-            for file in _var_files(base / "group_vars", name):
-                self._read_var_file(file, group.from_file)
-        for name, host in self.hosts.items():
-            for file in _var_files(base / "host_vars", name):
-                self._read_var_file(file, host.from_file)
+        """group_vars/ and host_vars/ of every source, then of the playbook: later ones win."""
+        for base in self.var_dirs:
+            for name, group in self.groups.items():
+                for file in _var_files(base / "group_vars", name):
+                    self._read_var_file(file, group.from_file)
+            for name in [*self.hosts, *(n for n in _IMPLICIT if n not in self.hosts)]:
+                host = self.hosts.get(name) or self.implicit_def(name)
+                for file in _var_files(base / "host_vars", name):
+                    self._read_var_file(file, host.from_file)
 
     def _read_var_file(self, file: Path, into: _Vars) -> None:
         data = load_yaml(file)
@@ -646,7 +857,6 @@ class _Builder:
 
     def build(self) -> Inventory:
         self.read_var_files()
-        all_group = self.groups["all"]
         for name in self.groups:
             if name != "all" and not self._parents(name):
                 self.add_child("all", name, self.groups[name].pos)
@@ -662,22 +872,16 @@ class _Builder:
                 member_of - {"all"},
                 key=lambda g: (depth[g], _priority(self.groups[g]), g),
             )
-            merged = _Vars()
-            merged.update(all_group.inline)
-            for group in ordered:
-                merged.update(self.groups[group].inline)
-            merged.update(all_group.from_file)
-            for group in ordered:
-                merged.update(self.groups[group].from_file)
-            merged.update(definition.inline)
-            merged.update(definition.from_file)
-            hosts[name] = Host(
-                name, merged.values, ["all", *ordered], var_pos=merged.pos, pos=definition.pos
-            )
+            hosts[name] = self._host(definition, ordered, ["all", *ordered])
+        implicit = {
+            name: self._host(self.implicit_def(name), [], [])
+            for name in _IMPLICIT
+            if name not in self.hosts
+        }
         groups = {}
         for name, definition in self.groups.items():
             group_vars = _Vars()
-            group_vars.update(definition.inline)
+            group_vars.update(_without_priority(definition.inline))
             group_vars.update(definition.from_file)
             groups[name] = Group(
                 name,
@@ -686,7 +890,21 @@ class _Builder:
                 group_vars.values,
                 pos=definition.pos,
             )
-        return Inventory(self.path, hosts, groups)
+        return Inventory(self.path, hosts, groups, implicit)
+
+    def _host(self, definition: _HostDef, ordered: list[str], groups: list[str]) -> Host:
+        """The host with its variables merged, lowest first (the module's docstring)."""
+        all_group = self.groups["all"]
+        merged = _Vars()
+        merged.update(_without_priority(all_group.inline))
+        for group in ordered:
+            merged.update(_without_priority(self.groups[group].inline))
+        merged.update(all_group.from_file)
+        for group in ordered:
+            merged.update(self.groups[group].from_file)
+        merged.update(definition.inline)
+        merged.update(definition.from_file)
+        return Host(definition.name, merged.values, groups, var_pos=merged.pos, pos=definition.pos)
 
     def _parents(self, name: str) -> list[str]:
         return [g.name for g in self.groups.values() if name in g.children]
@@ -725,13 +943,19 @@ class _Builder:
 
 
 def _priority(group: _GroupDef) -> int:
-    value = group.from_file.values.get(
-        "ansible_group_priority", group.inline.values.get("ansible_group_priority", 1)
-    )
+    """``ansible_group_priority`` set inline (as in Ansible, a group_vars/ file does not set it)."""
     try:
-        return int(value)
+        return int(group.inline.values.get(GROUP_PRIORITY, 1))
     except (TypeError, ValueError):
         return 1
+
+
+def _without_priority(group_vars: _Vars) -> _Vars:
+    """A group's inline vars without ``ansible_group_priority``: it orders groups, it is no var."""
+    if GROUP_PRIORITY not in group_vars.values:
+        return group_vars
+    values = {k: v for k, v in group_vars.values.items() if k != GROUP_PRIORITY}
+    return _Vars(values, {k: p for k, p in group_vars.pos.items() if k != GROUP_PRIORITY})
 
 
 def _var_files(directory: Path, name: str) -> list[Path]:

@@ -1,12 +1,15 @@
 """What a run prints: a live line per host and step, the recap, and the run history.
 
-Console output looks like Ansible's (colour on a TTY); ``--json`` prints one JSON event a line
-instead. Every run is appended to ``$XDG_STATE_HOME/toolkit/history.jsonl``.
+Console output looks like Ansible's (colour on a TTY, unless ``NO_COLOR`` is set or ``TERM=dumb``);
+``--json`` prints one JSON event a line instead. ``-v`` adds each step's duration, ``-vv`` every
+command run on a host with its exit code and duration, ``-vvv`` the commands' text and output.
+Every run is appended to ``$XDG_STATE_HOME/toolkit/history.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -20,15 +23,23 @@ from toolkit.runtimes import RUNTIMES
 from toolkit.workstation import state_dir
 
 
+def use_color(stream) -> bool:
+    """Colour on a terminal, unless NO_COLOR (https://no-color.org) or TERM=dumb says no."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def _gib(kb: int) -> str:
     return f"{kb / 1024 / 1024:.1f} GiB"
 
 
 class Reporter:
-    def __init__(self, json_events: bool = False, stream=None):
+    def __init__(self, json_events: bool = False, stream=None, verbosity: int = 0):
         self.json = json_events
         self.stream = stream or sys.stdout
-        self.color = not json_events and self.stream.isatty()
+        self.color = not json_events and use_color(self.stream)
+        self.verbosity = verbosity
         self.lock = threading.Lock()
         self.bars = None  # live transfer bars (toolkit.progress), on a terminal only
 
@@ -93,6 +104,37 @@ class Reporter:
         else:
             self._echo(f"{host}: {'applying':>12}  {change.resource.id}")
 
+    def step_done(self, host: str, change, seconds: float) -> None:
+        if self.verbosity < 1:
+            return
+        if self.json:
+            self._event(
+                "applied", host=host, resource=change.resource.id, seconds=round(seconds, 3)
+            )
+        else:
+            self._echo(f"{host}: {'done':>12}  {change.resource.id} in {seconds:.2f} s")
+
+    def traced(self, host: str, conn):
+        """``conn``, printing each command it runs from -vv on (the connection itself under -v)."""
+        return CommandTrace(conn, host, self) if self.verbosity >= 2 else conn
+
+    def command(self, host: str, what: str, script: str, rc, seconds: float, output: str) -> None:
+        if self.json:
+            self._event("command", host=host, what=what, rc=rc, seconds=round(seconds, 3),
+                        **({"script": script, "output": output} if self.verbosity >= 3 else {}))  # fmt: skip
+            return
+        first = script.strip().splitlines()[0] if script.strip() else ""
+        lines = script.count("\n") + 1
+        shown = first if lines == 1 else f"{first[:60]} ... ({lines} lines)"
+        status = "" if rc is None else f"rc={rc} "
+        self._echo(f"{host}: {what:>12}  {status}{seconds:.2f} s  {shown}", fg="cyan")
+        if self.verbosity >= 3:
+            with self.lock:
+                for line in script.splitlines():
+                    click.echo(f"{host}: {'$':>12}  {line}", file=self.stream)
+                for line in output.splitlines():
+                    click.echo(f"{host}: {'>':>12}  {line}", file=self.stream)
+
     def step_text(self, host: str, text: str) -> None:
         if self.json:
             self._event("step", host=host, text=text)
@@ -132,6 +174,11 @@ class Reporter:
                         round_trips=result.round_trips,
                         seconds=round(result.seconds, 3))  # fmt: skip
             return
+        if self.verbosity >= 1:
+            self._echo(
+                f"{result.host}: {'finished':>12}  in {result.seconds:.2f} s, "
+                f"{result.round_trips} round trip(s)"
+            )
         if result.failed:
             word = "UNREACHABLE" if result.unreachable else "FAILED"
             first, _, details = result.error.partition("\n")
@@ -150,18 +197,19 @@ class Reporter:
     def recap(self, results, seconds: float, check: bool) -> None:
         if self.json:
             self._event("recap", seconds=round(seconds, 3), check=check, hosts=[
-                {"host": r.host, "ok": r.ok, "changed": r.changed, "failed": int(r.failed),
-                 "notices": r.design.notices if r.design else []}
+                {"host": r.host, "ok": r.ok, "changed": changed_count(r, check),
+                 "failed": int(r.failed), "notices": r.design.notices if r.design else []}
                 for r in results
             ])  # fmt: skip
             return
         self._echo()
         self._echo("PLAY RECAP " + "*" * 61, bold=True)
         for r in results:
-            colour = "red" if r.failed else "yellow" if r.changed else "green"
+            count = changed_count(r, check)
+            colour = "red" if r.failed else "yellow" if count else "green"
             changed = "would change" if check else "changed"
             self._echo(
-                f"{r.host:<24} ok={r.ok:<4} {changed}={r.changed:<4} failed={int(r.failed):<3} "
+                f"{r.host:<24} ok={r.ok:<4} {changed}={count:<4} failed={int(r.failed):<3} "
                 f"unreachable={int(r.unreachable):<3} {r.seconds:6.1f} s",
                 fg=colour,
             )
@@ -207,6 +255,54 @@ class Reporter:
             )
 
 
+def changed_count(result, check: bool) -> int:
+    """What the recap calls changed: the changes planned under --check, else those applied (a
+    failed apply stops at the failing step, and nothing after it was written)."""
+    return result.changed if check else getattr(result, "applied", result.changed)
+
+
+class CommandTrace:
+    """A Connection that reports every command it runs and file it puts, with its duration."""
+
+    def __init__(self, conn, host: str, reporter: Reporter):
+        self._conn, self._host, self._reporter = conn, host, reporter
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    def run(self, script: str, **kwargs):
+        started = time.monotonic()
+        result = self._conn.run(script, **kwargs)
+        output = (result.stdout + result.stderr) if self._reporter.verbosity >= 3 else ""
+        self._reporter.command(
+            self._host, "run", script, result.rc, time.monotonic() - started, output
+        )
+        return result
+
+    def check(self, script: str, what: str, **kwargs):
+        from toolkit.hosts.connection import Connection
+
+        return Connection.check(self, script, what, **kwargs)  # through run() above
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        started = time.monotonic()
+        self._conn.put(local, remote, mode)
+        self._reporter.command(self._host, "put", f"{local} -> {remote}", None,
+                               time.monotonic() - started, "")  # fmt: skip
+
+    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        started = time.monotonic()
+        self._conn.put_bytes(data, remote, mode)
+        self._reporter.command(self._host, "put", f"{len(data)} bytes -> {remote}", None,
+                               time.monotonic() - started, "")  # fmt: skip
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._conn.close()
+
+
 def history_path() -> Path:
     return state_dir() / "history.jsonl"
 
@@ -217,7 +313,7 @@ def append_history(command: str, playbook: str, results, seconds: float) -> None
         "command": command,
         "playbook": playbook,
         "hosts": [r.host for r in results],
-        "changed": sum(r.changed for r in results),
+        "changed": sum(changed_count(r, command.endswith("--check")) for r in results),
         "failed": sum(int(r.failed) for r in results),
         "seconds": round(seconds, 2),
     }

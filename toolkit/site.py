@@ -11,7 +11,8 @@ with that host's variables, merged as Ansible merges them, lowest first:
 2. the play's ``vars:``
 3. ``-e key=value`` / ``-e '{"key": ...}'`` (extra vars: always win)
 
-plus ``inventory_hostname`` and ``group_names``. A variable that is not defined is an error. A
+plus ``inventory_hostname`` and ``group_names``. A variable whose value is a template renders when
+read, to any depth, as in Ansible (toolkit/variables.py). A variable that is not defined is an error. A
 rendered value where the playbook wants an integer (ports, ``ctx_size``...) or a boolean is
 converted (``"8100"`` -> 8100, ``"yes"`` -> true) and validated like a literal one; a value that
 does not convert is reported with the file, line, template, host and what it rendered to. Each
@@ -21,8 +22,8 @@ host's play is rendered and validated when the site is loaded, before anything r
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from toolkit.inventory import Host, Inventory, load_inventory
 from toolkit.positions import Pos, PosDict, PosList, empty_mapping, load_yaml
 from toolkit.runtimes import RUNTIMES, Runtime
 from toolkit.schema import Key, Rendered, check_mapping
+from toolkit.variables import LazyVars, render
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -124,15 +126,18 @@ class Site:
             for play in self.plays
         ]
 
-    def vars_for(self, play: Play, host: Host) -> dict[str, Any]:
-        """The host's variables in this play: inventory < play vars < extra vars (``-e``)."""
-        return {
-            "inventory_hostname": host.name,
-            "group_names": sorted(g for g in host.groups if g not in ("all", "ungrouped")),
-            **host.vars,
-            **play.vars,
-            **self.extra_vars,
-        }
+    def vars_for(self, play: Play, host: Host) -> LazyVars:
+        """The host's variables in this play: inventory < play vars < extra vars (``-e``);
+        templated values render when read, to any depth (toolkit/variables.py)."""
+        return LazyVars(
+            {
+                "inventory_hostname": host.name,
+                "group_names": sorted(g for g in host.groups if g not in ("all", "ungrouped")),
+                **host.vars,
+                **play.vars,
+                **self.extra_vars,
+            }
+        )
 
     def play_for(self, play: Play, host: Host) -> Play:
         """The play as ``host`` sees it: its templated values rendered with the host's vars."""
@@ -154,11 +159,6 @@ class Site:
 # --- templated values ------------------------------------------------------------------------
 
 
-@cache
-def _jinja() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-
-
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
@@ -171,7 +171,7 @@ def has_templates(raw: Any) -> bool:
     return _is_template(raw)
 
 
-def render_tree(raw: Any, variables: dict[str, Any], host: str, at: Pos | None = None) -> Any:
+def render_tree(raw: Any, variables: Mapping[str, Any], host: str, at: Pos | None = None) -> Any:
     """A copy of ``raw`` (keeping positions) with every templated string rendered."""
     if isinstance(raw, PosDict):
         out = PosDict()
@@ -189,7 +189,7 @@ def render_tree(raw: Any, variables: dict[str, Any], host: str, at: Pos | None =
     if not _is_template(raw):
         return raw
     try:
-        text = _jinja().from_string(raw).render(variables)
+        text = render(raw, variables)
     except jinja2.TemplateError as exc:
         where = at or Pos("?", None, None)
         raise where.error(f'cannot render "{raw}" for host {host}: {exc}') from None
@@ -490,12 +490,21 @@ def default_inventory(playbook: Path) -> Path:
 
 def load_site(
     playbook: str | Path,
-    inventory: str | Path | None = None,
+    inventory: str | Path | list[str | Path] | None = None,
     extra_vars: dict[str, Any] | None = None,
+    connection_defaults: dict[str, Any] | None = None,
 ) -> Site:
+    """``inventory``: one source or several (files or directories); ``group_vars/`` and
+    ``host_vars/`` beside the playbook are read too, winning over the inventory's.
+    ``connection_defaults``: ``-u``, ``--private-key``, ``-b`` as inventory vars
+    (toolkit/inventory.py ``load_inventory``)."""
     playbook = Path(playbook)
     plays = load_playbook(playbook)
-    inv = load_inventory(inventory or default_inventory(playbook))
+    inv = load_inventory(
+        inventory or default_inventory(playbook),
+        playbook_dir=playbook.resolve().parent,
+        defaults=connection_defaults,
+    )
     site = Site(playbook, inv, plays, dict(extra_vars or {}))
     for play in plays:
         for host in inv.select(play.hosts):  # raises for a pattern that matches nothing

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import posixpath
 import re
@@ -24,10 +25,13 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import fabric
 import paramiko
 
+from toolkit.hosts import sshconfig
 from toolkit.hosts.connection import Connection, HostUnreachable, Result, quote
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
@@ -35,7 +39,21 @@ TIMEOUT_RC = 124  # rc of a run() that outlived its timeout, as timeout(1) repor
 SIGNALLED_RC = 255  # rc of a command that ended without an exit status (killed), as ssh(1) says
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CHUNK = 32768
+MAX_JUMPS = 8  # jump hosts on the way to one host
+# AES-GCM first: paramiko's own first choice (aes128-ctr with hmac-sha2-256) moves half as many
+# bytes per second; OpenSSH servers offer GCM since 6.2. Measured in bench/transfer.py.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+SFTP_WINDOW = 16 << 20  # receive window of the SFTP channel (get)
+SFTP_REQUEST = 255 * 1024  # write requests to OpenSSH's sftp-server (it takes 256 KiB messages)
+_READ_BLOCK = 1 << 20
 _known_hosts_lock = threading.Lock()  # accept-new appends from many host threads
+DEBUG_ENV = "TOOLKIT_SSH_DEBUG"  # set: paramiko's own log reaches the logging handlers
+
+# paramiko logs a failed connection from its transport thread, with a traceback, which Python
+# prints on stderr when nothing handles it. Every failure is reported here in one line instead.
+if not os.environ.get(DEBUG_ENV):
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
 
 
 class HostKeyRejected(HostUnreachable):
@@ -85,13 +103,20 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
 
 
 class SSHConnection(Connection):
-    """A host reached over SSH. Opened lazily; one connection for every call."""
+    """A host reached over SSH, as ``ssh`` would reach it. Opened lazily; one connection for all.
+
+    ``address`` is what Ansible gives ssh (``ansible_host``, else the inventory name): it is the
+    name looked up in ssh_config. ``port``, ``user``, ``key_file`` and ``jump`` (the inventory's
+    values) override ssh_config; ``ssh_options`` (``-o`` options as (name, value), from the ssh
+    arguments) come next, then ssh_config (``ssh_config``: a file, "none", or None for the
+    default files; see toolkit.hosts.sshconfig), then the defaults.
+    """
 
     def __init__(
         self,
         name: str,
         address: str,
-        port: int = 22,
+        port: int | None = None,
         user: str | None = None,
         key_file: str | Path | None = None,
         jump: str | None = None,
@@ -100,15 +125,19 @@ class SSHConnection(Connection):
         host_key_policy: str = "strict",
         known_hosts: str | Path | None = None,
         connect_timeout: float = 10.0,
+        ssh_options: Sequence[tuple[str, str]] = (),
+        ssh_config: str | None = None,
     ):
         if host_key_policy not in HOST_KEY_POLICIES:
             raise ValueError(f"host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}")
         self.name = name
+        self.alias = address
         self.address = address
-        self.port = int(port)
+        self.port = int(port) if port else 22
         self.user = user or getpass.getuser()
         self.key_file = Path(key_file).expanduser() if key_file else None
         self.jump = jump
+        self.proxy_command: str | None = None
         self.become_default = become
         self._become_password = become_password
         self.host_key_policy = host_key_policy
@@ -117,10 +146,49 @@ class SSHConnection(Connection):
         self.round_trips = 0
         self._lock = threading.Lock()  # opening, closing, counting
         self._sftp_lock = threading.Lock()
-        self._client: paramiko.SSHClient | None = None
-        self._jump_client: paramiko.SSHClient | None = None
+        self._fabric: fabric.Connection | None = None
+        self._hops: list[fabric.Connection] = []  # jump hosts, the first one first
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
+        self._config_error: str | None = None
+        self._keys_named: dict[int, list[Path]] = {}
+        first: list[tuple[str, str]] = []
+        if port:
+            first.append(("Port", str(port)))
+        if user:
+            first.append(("User", user))
+        if key_file:
+            first.append(("IdentityFile", str(self.key_file)))
+        if jump:
+            first.append(("ProxyJump", jump))
+        first.extend(ssh_options)
+        try:
+            self._config = sshconfig.build(address, first, sshconfig.config_files(ssh_config))
+            self._resolve(known_hosts)
+        except sshconfig.SSHConfigError as exc:
+            self._config_error = f"{name}: {exc}"
+
+    def _resolve(self, known_hosts: str | Path | None) -> None:
+        """Settle address, port, user, jump hosts, timeouts and host keys from the config."""
+        options = sshconfig.lookup(self._config, self.alias)
+        self.address = options.get("hostname", self.alias)
+        self.port = _number(options, "port", 22)
+        self.user = options.get("user") or self.user
+        self.connect_timeout = _number(options, "connecttimeout", self.connect_timeout)
+        if "proxyjump" in options and options["proxyjump"].lower() != "none":
+            self.jump = options["proxyjump"]
+        self.proxy_command = options.get("proxycommand")
+        if self.proxy_command and self.proxy_command.lower() == "none":
+            self.proxy_command = None
+        if known_hosts is None and options.get("userknownhostsfile"):
+            self.known_hosts = Path(options["userknownhostsfile"].split()[0]).expanduser()
+        checking = options.get("stricthostkeychecking", "").lower()
+        if self.host_key_policy == "strict" and checking in ("accept-new", "no", "off"):
+            self.host_key_policy = "accept-new"  # a changed key is refused all the same
+
+    def refuse(self, reason: str) -> None:
+        """Make every use fail with ``reason`` (a setting that cannot be used)."""
+        self._config_error = f"{self.name}: {reason}"
 
     def __repr__(self) -> str:
         via = f" via {self.jump}" if self.jump else ""
@@ -181,7 +249,7 @@ class SSHConnection(Connection):
             self._makedirs(sftp, parent or ".")
             tmp = posixpath.join(parent, f".{name}.toolkit-{secrets.token_hex(6)}.tmp")
             try:
-                sftp.put(str(local), tmp, confirm=True)
+                self._upload(sftp, local, tmp)
                 sftp.chmod(tmp, mode)
                 sftp.posix_rename(tmp, path)
             except BaseException as exc:
@@ -191,12 +259,29 @@ class SSHConnection(Connection):
                     raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
                 raise
 
+    def _upload(self, sftp: paramiko.SFTPClient, local: Path, path: str) -> None:
+        """Write ``local`` to ``path`` in pipelined write requests, then check the size.
+
+        To OpenSSH's sftp-server in 255 KiB requests (paramiko sends 32 KiB ones, whose
+        bookkeeping costs more than the bytes); to other servers in paramiko's size.
+        """
+        size = Path(local).stat().st_size
+        openssh = "openssh" in (sftp.get_channel().get_transport().remote_version or "").lower()
+        with open(local, "rb") as source, sftp.open(path, "wb") as target:
+            target.MAX_REQUEST_SIZE = SFTP_REQUEST if openssh else target.MAX_REQUEST_SIZE
+            target.set_pipelined(True)
+            while block := source.read(_READ_BLOCK):
+                target.write(block)
+        landed = sftp.stat(path).st_size
+        if landed != size:
+            raise OSError(f"{path} has {landed} bytes after the upload, not {size}")
+
     def _put_as_root(self, local: Path, remote: str, mode: int) -> None:
         with self._sftp_lock:
             sftp = self._sftp_client()
             staged = posixpath.join(self._home_dir(), f".toolkit-upload-{secrets.token_hex(8)}")
             try:
-                sftp.put(str(local), staged, confirm=True)
+                self._upload(sftp, local, staged)
             except OSError as exc:
                 with contextlib.suppress(OSError, paramiko.SSHException):
                     sftp.remove(staged)
@@ -269,11 +354,15 @@ class SSHConnection(Connection):
             self._close_clients()
 
     def _close_clients(self) -> None:
-        for closable in (self._sftp, self._client, self._jump_client):
+        clients = [self._fabric.client] if self._fabric is not None else []
+        clients += [hop.client for hop in reversed(self._hops)]
+        for closable in (self._sftp, *clients):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     closable.close()
-        self._sftp = self._client = self._jump_client = None
+        self._sftp = self._fabric = None
+        self._hops = []
+        self._keys_named = {}
         self._home = None
 
     def _sftp_client(self) -> paramiko.SFTPClient:
@@ -281,7 +370,9 @@ class SSHConnection(Connection):
         with self._lock:
             if self._sftp is None:
                 try:
-                    self._sftp = client.open_sftp()
+                    self._sftp = paramiko.SFTPClient.from_transport(
+                        client.get_transport(), window_size=SFTP_WINDOW
+                    )
                 except (paramiko.SSHException, OSError, EOFError) as exc:
                     raise HostUnreachable(f"{self._label()}: cannot start SFTP: {exc}") from None
             return self._sftp
@@ -289,68 +380,134 @@ class SSHConnection(Connection):
     def _connected(self) -> paramiko.SSHClient:
         """The open connection; opened now if it is not (or is no longer) open."""
         with self._lock:
-            transport = self._client.get_transport() if self._client else None
-            if transport is not None and transport.is_active():
-                return self._client
+            if self._fabric is not None and self._fabric.is_connected:
+                return self._fabric.client
             self._close_clients()
-            sock = None
-            if self.jump:
-                jump_user, jump_host, jump_port = parse_host_spec(self.jump)
-                self._jump_client = self._login(jump_host, jump_port or 22, jump_user or self.user)
-                try:
-                    sock = self._jump_client.get_transport().open_channel(
-                        "direct-tcpip",
-                        (self.address, self.port),
-                        ("127.0.0.1", 0),
-                        timeout=self.connect_timeout,
-                    )
-                except (paramiko.SSHException, OSError, EOFError) as exc:
-                    self._close_clients()
-                    raise HostUnreachable(
-                        f"{self._label()}: jump host {self.jump} cannot reach it: {exc}"
-                    ) from None
+            if self._config_error:
+                raise HostUnreachable(self._config_error)
             try:
-                self._client = self._login(self.address, self.port, self.user, sock)
+                gateway = self._jump_chain(self.jump, (self.alias,)) if self.jump else None
+            except sshconfig.SSHConfigError as exc:
+                raise HostUnreachable(f"{self.name}: {exc}") from None
+            target = fabric.Connection(
+                self.alias,
+                config=self._fabric_config(),
+                gateway=gateway or self.proxy_command or False,
+                connect_kwargs={},
+            )
+            # Open the chain hop by hop here, so that each failure names the host it happened on.
+            chain = []
+            gateway = target.gateway
+            while isinstance(gateway, fabric.Connection):
+                chain.insert(0, gateway)
+                gateway = gateway.gateway
+            proxy_command = gateway if isinstance(gateway, str) else None
+            self._hops, self._fabric = chain, target
+            try:
+                self._open_chain([*chain, target], proxy_command)
             except BaseException:
                 self._close_clients()
                 raise
-            self._client.get_transport().set_keepalive(30)
-            return self._client
+            target.client.get_transport().set_keepalive(30)
+            return target.client
 
-    def _login(
-        self, address: str, port: int, user: str, sock: paramiko.Channel | None = None
-    ) -> paramiko.SSHClient:
-        label = f"{self.name} ({user}@{address}:{port})"
-        if self.key_file is not None and not self.key_file.is_file():
-            raise HostUnreachable(f"{label}: key file {self.key_file} does not exist")
-        client = paramiko.SSHClient()
+    def _jump_chain(self, jump: str, seen: tuple[str, ...]) -> fabric.Connection | None:
+        """The last of the ProxyJump hops ``a,b,c``, each with its gateway set to the one before.
+
+        Built here rather than by fabric, which drops a jump host at the target's address
+        (another port of the same machine) and recurses without end on ``Host *`` + ProxyJump.
+        The first hop is reached as its own ssh_config entry says; a ProxyJump naming a host
+        already on the way is ignored.
+        """
+        if len(seen) > MAX_JUMPS:
+            raise sshconfig.SSHConfigError(f"more than {MAX_JUMPS} jump hosts: {' > '.join(seen)}")
+        gateway = None
+        for spec in (part.strip() for part in jump.split(",")):
+            if not spec:
+                continue
+            hop = fabric.Connection(spec, config=self._fabric_config(), gateway=False)
+            if gateway is None:
+                own = hop.ssh_config.get("proxyjump") or "none"
+                via = fabric.connection.derive_shorthand(own.split(",")[0].strip())["host"]
+                if own.lower() != "none" and via not in (*seen, hop.original_host):
+                    hop.gateway = self._jump_chain(own, (*seen, hop.original_host))
+                elif hop.ssh_config.get("proxycommand"):
+                    hop.gateway = hop.ssh_config["proxycommand"]
+            else:
+                hop.gateway = gateway
+            gateway = hop
+        return gateway
+
+    def _fabric_config(self) -> fabric.Config:
+        # lazy: no fabric.yaml files are read; every setting comes from ssh_config and the inventory
+        return fabric.Config(ssh_config=self._config, lazy=True)
+
+    def _open_chain(self, chain: list[fabric.Connection], proxy_command: str | None) -> None:
+        previous: fabric.Connection | None = None
+        for conn in chain:
+            is_target = conn is chain[-1]
+            label = self._label() if is_target else f"{self.name}: jump host {_describe(conn)}"
+            self._prepare(conn, label)
+            conn.gateway = None  # opened here, below
+            try:
+                if previous is not None:
+                    sock = previous.transport.open_channel(
+                        "direct-tcpip", (conn.host, conn.port), ("", 0),
+                        timeout=self.connect_timeout,
+                    )  # fmt: skip
+                elif proxy_command:
+                    sock = paramiko.ProxyCommand(proxy_command)
+                else:
+                    sock = socket.create_connection(
+                        (conn.host, conn.port), timeout=self.connect_timeout
+                    )
+            except Exception as exc:
+                if previous is None:
+                    how = f"proxy command `{proxy_command}`: " if proxy_command else ""
+                    raise HostUnreachable(
+                        f"{label}: {how}{_reason(exc, self.connect_timeout)}"
+                    ) from None
+                raise HostUnreachable(
+                    f"{self.name}: jump host {_describe(previous)} cannot reach "
+                    f"{conn.host}:{conn.port}: {_reason(exc, self.connect_timeout)}"
+                ) from None
+            conn.connect_kwargs["sock"] = sock
+            self._login(conn, label)
+            previous = conn
+
+    def _prepare(self, conn: fabric.Connection, label: str) -> None:
+        """Host keys, keys and timeouts of one hop (fabric's default is to accept any key)."""
+        client = conn.client
         if self.known_hosts.is_file():
             client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(
             _KnownHostsPolicy(self.host_key_policy, self.known_hosts, label)
         )
+        keys = [Path(k).expanduser() for k in conn.connect_kwargs.get("key_filename") or []]
+        if not keys and self.key_file is not None:
+            keys = [self.key_file]  # a jump host with no key of its own: the inventory's key
+        if self.key_file is not None and self.key_file in keys and not self.key_file.is_file():
+            raise HostUnreachable(f"{label}: key file {self.key_file} does not exist")
+        present = list(dict.fromkeys(str(k) for k in keys if k.is_file()))
+        conn.connect_timeout = None  # the timeouts are ours, below
+        conn.connect_kwargs.update(
+            transport_factory=_transport,
+            key_filename=present or None,
+            look_for_keys=not keys,
+            allow_agent=conn.ssh_config.get("identitiesonly", "").lower() != "yes",
+            timeout=2 * self.connect_timeout,
+            banner_timeout=self.connect_timeout,
+            auth_timeout=self.connect_timeout,
+            channel_timeout=self.connect_timeout,
+        )
+        self._keys_named[id(conn)] = keys  # for the message, should authentication fail
+
+    def _login(self, conn: fabric.Connection, label: str) -> None:
         try:
-            if sock is None:
-                sock = socket.create_connection((address, port), timeout=self.connect_timeout)
-            client.connect(
-                address,
-                port,
-                username=user,
-                key_filename=str(self.key_file) if self.key_file else None,
-                look_for_keys=self.key_file is None,
-                allow_agent=True,
-                timeout=2 * self.connect_timeout,  # the whole handshake, banner included
-                banner_timeout=self.connect_timeout,
-                auth_timeout=self.connect_timeout,
-                channel_timeout=self.connect_timeout,
-                sock=sock,
-            )
-            return client
+            conn.open()
         except HostKeyRejected:
-            client.close()
             raise
         except paramiko.BadHostKeyException as exc:
-            client.close()
             raise HostKeyRejected(
                 f"{label}: host key has CHANGED since it was recorded in {self.known_hosts} "
                 f"(now {exc.key.get_name()} {exc.key.fingerprint}); refusing to connect"
@@ -358,15 +515,52 @@ class SSHConnection(Connection):
         except Exception as exc:
             # A failure in paramiko's transport thread (e.g. no banner) surfaces later as a
             # vaguer error; report the original one.
-            transport = client.get_transport()
+            transport = conn.client.get_transport()
             cause = getattr(transport, "saved_exception", None) or exc
-            client.close()
-            if sock is not None:
-                sock.close()
-            raise HostUnreachable(f"{label}: {_reason(cause, self.connect_timeout)}") from None
+            reason = _reason(cause, self.connect_timeout)
+            if "no authentication methods" in str(cause).lower():
+                reason = "authentication failed (no key to offer)"
+            if reason.startswith("authentication failed"):
+                reason += _keys_tried(self._keys_named.get(id(conn), []))
+            raise HostUnreachable(f"{label}: {reason}") from None
 
     def _label(self) -> str:
         return f"{self.name} ({self.user}@{self.address}:{self.port})"
+
+
+def _number(options: dict, name: str, default):
+    """An ssh option that must be a number, as the type of ``default``."""
+    if name not in options:
+        return default
+    try:
+        return type(default)(options[name])
+    except ValueError:
+        raise sshconfig.SSHConfigError(
+            f'ssh option {name}: "{options[name]}" is not a number'
+        ) from None
+
+
+def _transport(sock, **kwargs) -> paramiko.Transport:
+    """A paramiko Transport that asks for PREFERRED_CIPHERS first."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    first = tuple(c for c in PREFERRED_CIPHERS if c in offered)
+    options.ciphers = first + tuple(c for c in offered if c not in first)
+    return transport
+
+
+def _describe(conn: fabric.Connection) -> str:
+    name = conn.original_host
+    where = f"{conn.user}@{conn.host}:{conn.port}"
+    return f"{name} ({where})" if name != conn.host else where
+
+
+def _keys_tried(keys: list[Path]) -> str:
+    if not keys:
+        return "; tried the agent and the default keys in ~/.ssh"
+    described = [f"{k}" if k.is_file() else f"{k} (does not exist)" for k in keys]
+    return f"; tried IdentityFile {', '.join(described)}"
 
 
 def _reason(exc: Exception, timeout: float) -> str:

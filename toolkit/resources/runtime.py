@@ -6,6 +6,7 @@ from __future__ import annotations
 from toolkit.assets import proxy_dir
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import CommandFailed, quote
+from toolkit.resources import wheelhouse
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 
 VENV = "venv"
@@ -47,10 +48,14 @@ class Virtualenv(Resource):
                 "Termux: pkg install python)"
             )
         venv = ctx.path(VENV)
+        # An offline host installs from wheels the workstation resolved and shipped.
+        sources = (
+            wheelhouse.prepare(ctx, python, change.data) if wheelhouse.is_offline(ctx.vars) else []
+        )
         script = (
             f"[ -x {quote(venv)}/bin/python ] || {quote(python)} -m venv {quote(venv)} || exit 1\n"
             f"{quote(venv)}/bin/python -m pip install --quiet --disable-pip-version-check "
-            + " ".join(quote(r) for r in change.data)
+            + " ".join(quote(r) for r in [*sources, *change.data])
         )
         try:
             ctx.conn.check(script, "installing toolkit's virtualenv", timeout=1800)
