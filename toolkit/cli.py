@@ -447,21 +447,23 @@ def facts(pattern, inventories, user, private_key, accept_new_host_keys, become,
         sys.exit(EXIT_ERROR)
 
 
-@main.command()
+@main.command(epilog="Exit codes: 0 every service of every host is running and healthy; 1 "
+              "otherwise (or a host unreachable, an inventory mistake); 64 usage error.")  # fmt: skip
 @click.argument("pattern", default="all")
-@click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))
+@inventory_options
 @click.option("--watch", is_flag=True, help="Redraw in place until Ctrl-C.")
 @click.option("--every", default=2.0, show_default=True, help="Seconds between --watch redraws.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--accept-new-host-keys", is_flag=True)
-def status(pattern, inventory, watch, every, as_json, accept_new_host_keys):
-    """Services of the hosts matching PATTERN: state, restarts, RSS, health, traffic, disk.
-    Exit 0 when all are running and healthy, 1 otherwise."""
+def status(pattern, inventories, user, private_key, accept_new_host_keys, watch, every, as_json):
+    """Services of the hosts matching PATTERN: state, restarts, RSS, health, traffic, disk."""
     from toolkit.status import command
 
+    quiet_ssh_library_logs(0)
+    policy = "accept-new" if accept_new_host_keys else "strict"
+    defaults = connection_defaults(user, private_key, False)
     try:
-        policy = "accept-new" if accept_new_host_keys else "strict"
-        sys.exit(command(pattern, inventory, every if watch else None, as_json, policy))
+        sys.exit(command(pattern, list(inventories), defaults, every if watch else None, as_json,
+                         policy))  # fmt: skip
     except ToolkitError as exc:
         fail(exc)
 
@@ -469,18 +471,19 @@ def status(pattern, inventory, watch, every, as_json, accept_new_host_keys):
 @main.command()
 @click.argument("host")
 @click.argument("service", required=False)
-@click.option("-i", "--inventory", type=click.Path(exists=True, dir_okay=False))
+@inventory_options
 @click.option("-n", "--lines", default=20, show_default=True, type=click.IntRange(min=0),
               help="Last lines to show.")  # fmt: skip
 @click.option("-f", "--follow", is_flag=True, help="Print new lines until Ctrl-C.")
-@click.option("--accept-new-host-keys", is_flag=True)
-def logs(host, service, inventory, lines, follow, accept_new_host_keys):
+def logs(host, service, inventories, user, private_key, accept_new_host_keys, lines, follow):
     """Log of SERVICE (all services if none; a model's name finds its engine) on HOST."""
     from toolkit.logs import command
 
+    quiet_ssh_library_logs(0)
+    policy = "accept-new" if accept_new_host_keys else "strict"
+    defaults = connection_defaults(user, private_key, False)
     try:
-        policy = "accept-new" if accept_new_host_keys else "strict"
-        command(host, service, lines, follow, inventory, policy)
+        command(host, service, lines, follow, list(inventories), defaults, policy)
     except ToolkitError as exc:
         fail(exc)
 

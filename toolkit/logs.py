@@ -19,13 +19,14 @@ from toolkit.hosts.shell import data_dir_assignment
 from toolkit.inventory import Host
 from toolkit.services import manifest
 from toolkit.services.manifest import Manifest, ServiceEntry
+from toolkit.status import data_dir_of
 
 MARK = "@@toolkit-log "
 FOLLOW_EVERY_S = 1.0
 
 
 def read_manifest(conn: Connection, host: Host) -> Manifest:
-    data_dir = host.vars.get("toolkit_data_dir")
+    data_dir = data_dir_of(host)
     out = conn.run(f'{data_dir_assignment(data_dir)}\ncat "$TK_DATA/{manifest.RELPATH}"')
     if not out.ok:
         raise ToolkitError(
@@ -66,7 +67,7 @@ def read_logs(
     """One round trip: each service's last ``lines`` lines, or what followed its cursor.
     Returns name -> (text, cursor of the next read)."""
     manager = listed.manager
-    parts = [data_dir_assignment(host.vars.get("toolkit_data_dir"))]
+    parts = [data_dir_assignment(data_dir_of(host))]
     for entry in services:
         cursor = (cursors or {}).get(entry.name)
         parts.append(f"echo; echo {quote(MARK + entry.name)}")
@@ -127,7 +128,7 @@ def _print(text: str, prefix: str, echo: Callable[[str], None]) -> None:
 
 
 def command(host_name: str, service: str | None, lines: int, follow: bool,
-            inventory: str | None, host_key_policy: str) -> None:  # fmt: skip
+            inventories: list[str], defaults: dict, host_key_policy: str) -> None:  # fmt: skip
     """``toolkit logs``: HOST is an inventory host name (or a pattern matching one host)."""
     import click
 
@@ -135,9 +136,12 @@ def command(host_name: str, service: str | None, lines: int, follow: bool,
     from toolkit.hosts.connect import connect
     from toolkit.inventory import load_inventory
 
-    hosts = load_inventory(inventory or asset_path("inventory/localhost.yml")).select(host_name)
+    sources = inventories or asset_path("inventory/localhost.yml")
+    hosts = load_inventory(sources, defaults=defaults).select(host_name)
     if len(hosts) != 1:
         which = ", ".join(h.name for h in hosts) if hosts else "none"
         raise ToolkitError(f'"{host_name}" must match one host of the inventory (matches: {which})')
+    if hosts[0].unsupported:
+        raise ToolkitError(hosts[0].unsupported)
     with connect(hosts[0], host_key_policy=host_key_policy) as conn:
         show(conn, hosts[0], service, lines, follow, click.echo)

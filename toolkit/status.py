@@ -30,6 +30,7 @@ from toolkit.hosts.shell import data_dir_assignment
 from toolkit.inventory import Host
 from toolkit.services import manifest
 from toolkit.services.manager import ServiceState, parse_states
+from toolkit.variables import LazyVars
 
 PART = "@@toolkit-part "  # starts each section of the probe's answer
 LOG_LINES = 20  # log lines read for each service (shown for those that are not fine)
@@ -250,10 +251,17 @@ def parse_probe(host: str, output: str) -> HostReport:
     return report
 
 
+def data_dir_of(host: Host) -> str | None:
+    """``toolkit_data_dir`` of an inventory host (it may be a template of its variables)."""
+    return LazyVars({"inventory_hostname": host.name, **host.vars}).get("toolkit_data_dir")
+
+
 def probe_host(host: Host, conn: Connection) -> HostReport:
     started = time.monotonic()
     try:
-        out = conn.run(probe_script(host.vars.get("toolkit_data_dir")), timeout=60)
+        if host.unsupported:
+            raise ToolkitError(host.unsupported)
+        out = conn.run(probe_script(data_dir_of(host)), timeout=60)
         report = parse_probe(host.name, out.stdout)
         if not report.data_dir and out.rc != 0:
             report.error = (out.stderr or out.stdout).strip()[-300:] or f"probe exit {out.rc}"
@@ -367,15 +375,16 @@ def watch(reader: StatusReader, draw: Callable[[list[HostReport]], None], every_
         signal.signal(signal.SIGTERM, previous)
 
 
-def command(pattern: str, inventory: str | None, watch_s: float | None, as_json: bool,
-            host_key_policy: str) -> int:  # fmt: skip
+def command(pattern: str, inventories: list[str], defaults: dict, watch_s: float | None,
+            as_json: bool, host_key_policy: str) -> int:  # fmt: skip
     """``toolkit status``: exit 0 when every service of every host is running and healthy."""
     import click
 
     from toolkit.assets import asset_path
     from toolkit.inventory import load_inventory
 
-    hosts = load_inventory(inventory or asset_path("inventory/localhost.yml")).select(pattern)
+    sources = inventories or asset_path("inventory/localhost.yml")
+    hosts = load_inventory(sources, defaults=defaults).select(pattern)
     if not hosts:
         raise ToolkitError(f'no host matches "{pattern}"')
     reader = StatusReader(hosts, host_key_policy)
