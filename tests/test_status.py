@@ -42,6 +42,7 @@ def local_site(root: Path, gguf: Path, **model_args) -> Workspace:
     model = plays[0]["models"][0]
     model["source"] = {"path": str(gguf)}
     model["sha256"] = GEMMA_SHA256
+    model["port"] = ws.engine_port = free_port()  # not proxy + 1: that one may be taken
     model["args"] = {**model["args"], **model_args}
     ws.playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
     return ws
@@ -86,7 +87,7 @@ def test_status_of_a_healthy_site_exits_0_and_tells_everything(site):
     assert result.returncode == 0, out
     assert "localhost: healthy (supervisor;" in out
     engine = re.search(rf"^\s+{ENGINE}\s+running\s+(\d+)\s+\S+\s+0\s+(\d+) MB\s+{GEMMA}\s+"
-                       rf"{site.port + 1}\s+200 \d+ ms", out, re.M)  # fmt: skip
+                       rf"{site.engine_port}\s+200 \d+ ms", out, re.M)  # fmt: skip
     assert engine, out
     assert int(engine[2]) > 100  # the model is in the engine's memory
     assert re.search(rf"^\s+proxy\s+running\s+\d+ .*\s{site.port}\s+200 \d+ ms", out, re.M), out
@@ -96,7 +97,7 @@ def test_status_of_a_healthy_site_exits_0_and_tells_everything(site):
     code, host = status_json(site)
     assert code == 0 and host["healthy"] and host["manager"] == "supervisor"
     by_name = {s["name"]: s for s in host["services"]}
-    assert by_name[ENGINE]["models"] == [GEMMA] and by_name[ENGINE]["port"] == site.port + 1
+    assert by_name[ENGINE]["models"] == [GEMMA] and by_name[ENGINE]["port"] == site.engine_port
     assert by_name[ENGINE]["pid"] == site.supervisor_pids()[ENGINE]
     assert host["traffic"][GEMMA]["requests"] >= 1
     assert host["models_bytes"] > 200_000_000 and host["free_bytes"] > 0
