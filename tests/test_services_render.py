@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.services.definition import Service
+from toolkit.services.manager import parse_states
 from toolkit.services.supervisor import Supervisor
 from toolkit.services.systemd import Systemd, unit_name
 from toolkit.services.termux import Termux
@@ -99,3 +100,51 @@ def test_termux_run_script_is_valid_sh_and_runs_the_command(tmp_path):
     assert (
         files[f"termux/{service.name}/log/run"].strip().endswith(f"{tmp_path}/logs/{service.name}")
     )
+
+
+SYSTEMCTL_SHOW = {  # `systemctl show -p ...` of a unit, as systemd 252 prints it
+    "running": "ActiveState=active\nSubState=running\nExecMainStatus=0\nExecMainCode=0\n"
+    "NRestarts=2\nExecMainStartTimestampMonotonic=1000000\nMainPID=4242\n",
+    "killed": "ActiveState=activating\nSubState=auto-restart\nExecMainStatus=9\nExecMainCode=2\n"
+    "NRestarts=3\nExecMainStartTimestampMonotonic=0\nMainPID=0\n",
+    "failed": "ActiveState=failed\nSubState=failed\nExecMainStatus=2\nExecMainCode=1\n"
+    "NRestarts=5\nExecMainStartTimestampMonotonic=0\nMainPID=0\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("running", ("running", 4242, 100, 2, "")),
+        ("killed", ("restarting", None, None, 3, "signal 9")),
+        ("failed", ("crashed", None, None, 5, "exit 2")),
+    ],
+)
+def test_systemd_state_script_reads_systemctl_show(tmp_path, case, expected):
+    """The state script run with a `systemctl` that prints what systemd prints for a unit."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(f"#!/bin/sh\ncat <<'EOF'\n{SYSTEMCTL_SHOW[case]}EOF\n")
+    (fake / "systemctl").chmod(0o755)
+    (fake / "cut").write_text("#!/bin/sh\necho 101.5\n")  # /proc/uptime: 101.5 s since boot
+    (fake / "cut").chmod(0o755)
+    script = Systemd(system=True).state_script("engine-x")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{fake}:/usr/bin:/bin"}).stdout  # fmt: skip
+    state = parse_states(out)["engine-x"]
+    assert (state.state, state.pid, state.uptime_s, state.restarts, state.last_exit) == expected
+
+
+def test_every_manager_writes_the_services_manifest(tmp_path):
+    from toolkit.services import manifest
+
+    service = sample_service(tmp_path)
+    service.health_url = "http://127.0.0.1:8081/health"
+    for manager in (Supervisor(), Systemd(system=False), Termux()):
+        files = rendered(manager, service, tmp_path)
+        listed = manifest.parse(files[manifest.RELPATH], "test")
+        assert listed.kind == manager.kind
+        assert type(listed.manager) is type(manager)
+        (entry,) = listed.services
+        assert entry.name == service.name and entry.health_url == service.health_url
+        assert entry.log == manager.log_location(service, str(tmp_path))

@@ -447,6 +447,47 @@ def facts(pattern, inventories, user, private_key, accept_new_host_keys, become,
         sys.exit(EXIT_ERROR)
 
 
+@main.command(epilog="Exit codes: 0 every service of every host is running and healthy; 1 "
+              "otherwise (or a host unreachable, an inventory mistake); 64 usage error.")  # fmt: skip
+@click.argument("pattern", default="all")
+@inventory_options
+@click.option("--watch", is_flag=True, help="Redraw in place until Ctrl-C.")
+@click.option("--every", default=2.0, show_default=True, help="Seconds between --watch redraws.")
+@click.option("--json", "as_json", is_flag=True)
+def status(pattern, inventories, user, private_key, accept_new_host_keys, watch, every, as_json):
+    """Services of the hosts matching PATTERN: state, restarts, RSS, health, traffic, disk."""
+    from toolkit.status import command
+
+    quiet_ssh_library_logs(0)
+    policy = "accept-new" if accept_new_host_keys else "strict"
+    defaults = connection_defaults(user, private_key, False)
+    try:
+        sys.exit(command(pattern, list(inventories), defaults, every if watch else None, as_json,
+                         policy))  # fmt: skip
+    except ToolkitError as exc:
+        fail(exc)
+
+
+@main.command()
+@click.argument("host")
+@click.argument("service", required=False)
+@inventory_options
+@click.option("-n", "--lines", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Last lines to show.")  # fmt: skip
+@click.option("-f", "--follow", is_flag=True, help="Print new lines until Ctrl-C.")
+def logs(host, service, inventories, user, private_key, accept_new_host_keys, lines, follow):
+    """Log of SERVICE (all services if none; a model's name finds its engine) on HOST."""
+    from toolkit.logs import command
+
+    quiet_ssh_library_logs(0)
+    policy = "accept-new" if accept_new_host_keys else "strict"
+    defaults = connection_defaults(user, private_key, False)
+    try:
+        command(host, service, lines, follow, list(inventories), defaults, policy)
+    except ToolkitError as exc:
+        fail(exc)
+
+
 @main.command()
 @click.option("-n", "--last", default=20, show_default=True)
 def history(last):

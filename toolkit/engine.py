@@ -345,29 +345,87 @@ class Engine:
         return check
 
     def verify(self, ctx: HostContext, design: HostDesign, result: HostResult) -> None:
-        """Wait on every service's health check, then one chat request per model via the proxy."""
+        """Wait on every service's health check, then one request per model via the proxy.
+
+        While it waits, the manager's view of the services is watched too: a service that exits
+        fails the host at once, with how it ended and the last lines of its log."""
         python = ctx.path("venv/bin/python")
         self.reporter.step_text(ctx.host.name, "waiting for services to be healthy, then verifying")
+        spec = json.loads(health_spec(design))
+        spec["watch"] = watch_spec(design, ctx.data_dir)
         out = ctx.conn.run(
-            f"{quote(python)} {quote(ctx.path(HEALTH_CHECK_RELPATH))} {quote(health_spec(design))}",
+            f"{quote(python)} {quote(ctx.path(HEALTH_CHECK_RELPATH))} {quote(json.dumps(spec))}",
             timeout=900,
         )
         report = parse_health(out.stdout)
         if report is None:
             raise CommandFailed("health check", out)
         result.verify = report.get("verify", {})
+        logs = {s.name: design.manager.log_location(s, ctx.data_dir) for s in design.services}
+        if report.get("failed"):
+            raise ToolkitError(exited_message(report["failed"], logs))
         unhealthy = {url: code for url, code in report.get("health", {}).items() if code != 200}
         if unhealthy:
             names = {s.health_url: s.name for s in design.services}
+            waiting = report.get("waiting", {})
             detail = ", ".join(
-                f"{names.get(u, u)} ({code or 'no answer'})" for u, code in unhealthy.items()
+                waiting_text(names.get(u, u), code, waiting.get(names.get(u, u), {}))
+                for u, code in unhealthy.items()
             )
-            raise ToolkitError(f"not healthy after 300 s: {detail}; see logs in {ctx.path('logs')}")
+            raise ToolkitError(
+                f"not healthy after {spec['deadline_s']:g} s: {detail}; "
+                f"logs: {', '.join(logs[n] for n in (names.get(u) for u in unhealthy) if n)}"
+            )
         errors = {m: v["error"] for m, v in result.verify.items() if "error" in v}
         if errors:
             raise ToolkitError(
                 "verification request failed: " + "; ".join(f"{m}: {e}" for m, e in errors.items())
             )
+
+
+def watch_spec(design: HostDesign, data_dir: str) -> dict:
+    """What health_check.py runs to see the services through their manager while it waits."""
+    prefix = f"TK_DATA={quote(data_dir)}\n"
+    names = " ".join(quote(s.name) for s in design.services)
+    return {
+        "script": prefix + design.manager.state_script(names),
+        "services": {s.health_url: s.name for s in design.services if s.health_url},
+        "tails": {
+            s.name: prefix + design.manager.log_script(quote(s.name), EXIT_LOG_LINES)
+            for s in design.services
+        },
+    }
+
+
+EXIT_LOG_LINES = 20
+
+
+def exited_message(failed: dict[str, dict], logs: dict[str, str]) -> str:
+    """Which services exited while apply waited on them, how, and the end of their logs."""
+    parts = []
+    for name, seen in failed.items():
+        how = seen.get("exit") or seen.get("state", "exited")
+        restarts = seen.get("restarts", "")
+        counted = (
+            f", {restarts} restart{'' if restarts == '1' else 's'}" if restarts.isdigit() else ""
+        )
+        lines = seen.get("log", [])[-EXIT_LOG_LINES:]
+        where = logs.get(name, "its log")
+        text = f"{name} exited while apply waited on its health ({how}{counted})"
+        if lines:
+            text += f"\nlast {len(lines)} lines of {where}:\n" + "\n".join(
+                f"  | {line}" for line in lines
+            )
+        else:
+            text += f"; nothing in {where}"
+        parts.append(text)
+    return "\n".join(parts)
+
+
+def waiting_text(name: str, code: int, seen: dict) -> str:
+    state = "still loading" if code == 503 else "no answer" if not code else f"HTTP {code}"
+    last = seen.get("log") or []
+    return f"{name} ({state}" + (f"; last log line: {last[-1]}" if last else "") + ")"
 
 
 def stop_all(

@@ -181,7 +181,9 @@ class Reporter:
             )
         if result.failed:
             word = "UNREACHABLE" if result.unreachable else "FAILED"
-            self._echo(f"{result.host}: {word}: {result.error}", fg="red", bold=True)
+            first, _, details = result.error.partition("\n")
+            more = " (its log is in the recap below)" if details else ""
+            self._echo(f"{result.host}: {word}: {first}{more}", fg="red", bold=True)
             return
         for model, check in result.verify.items():
             self._echo(
@@ -211,6 +213,9 @@ class Reporter:
                 f"unreachable={int(r.unreachable):<3} {r.seconds:6.1f} s",
                 fg=colour,
             )
+            if r.failed and "\n" in r.error:  # a service that exited: how, and its log's end
+                for line in r.error.splitlines():
+                    self._echo(f"{'':<24} {line}", fg="red" if not line.startswith("  |") else None)
             for model, v in r.verify.items():
                 if "latency_s" in v:
                     self._echo(

@@ -8,14 +8,23 @@ exits 1 when a service is not healthy by the deadline or a verification request 
 Each model is proved with the request its role implies: ``chat`` (/chat/completions),
 ``completion`` (/completions) or ``embedding`` (/embeddings, which must return a vector).
 
+While it waits it can also watch the service manager (``watch``): a service that exits (its
+state turns crashed or restarting, its restart count grows, or its pid changes) ends the wait at
+once, with its state, last exit and the last lines of its log under ``"failed"``; at the
+deadline, each service still not healthy is under ``"waiting"`` with its last log line.
+
 Usage: health_check.py SPEC_JSON   with SPEC = {"urls": [...], "deadline_s": 300,
-        "verify": [{"url": "http://127.0.0.1:8080/v1", "model": "m", "kind": "chat"}]}
+        "verify": [{"url": "http://127.0.0.1:8080/v1", "model": "m", "kind": "chat"}],
+        "watch": {"script": SH, "services": {url: name}, "tails": {name: SH}}}
+where ``script`` prints one tab-separated line per service, ``@svc NAME STATE PID UPTIME
+RESTARTS EXIT`` (see toolkit/services/manager.py), and each tail script prints a log's last lines.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -52,8 +61,80 @@ def status_of(url: str) -> int:
         return 0  # not listening yet
 
 
-def wait_healthy(urls: list[str], deadline_s: float) -> dict[str, int]:
-    """Poll every URL with exponential backoff (50 ms .. 1 s) until all are 200 or time is up."""
+EXITED_STATES = ("crashed", "restarting")
+STOPPED_POLLS = 3  # "stopped" this many checks in a row counts as exited (not a slow start)
+WATCH_EVERY_S = 1.0
+
+
+def run_shell(script: str, timeout: float = 20) -> str:
+    try:
+        return subprocess.run(
+            ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=timeout
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def read_states(script: str) -> dict[str, dict]:
+    states = {}
+    for line in run_shell(script).splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 7 and fields[0] == "@svc":
+            name, state, pid, _, restarts, last_exit = fields[1:7]
+            states[name] = {"state": state, "pid": pid, "restarts": restarts,
+                            "exit": "" if last_exit == "-" else last_exit}  # fmt: skip
+    return states
+
+
+class Watcher:
+    """Tells which services exited since the wait began, from the manager's state lines."""
+
+    def __init__(self, script: str):
+        self.script = script
+        self.first: dict[str, dict] = {}
+        self.stopped: dict[str, int] = {}
+        self.checked = 0.0
+
+    def exited(self) -> dict[str, dict]:
+        if time.monotonic() - self.checked < WATCH_EVERY_S:
+            return {}
+        self.checked = time.monotonic()
+        found = {}
+        for name, now in read_states(self.script).items():
+            before = self.first.setdefault(name, dict(now))
+            if not before["pid"].isdigit():
+                before["pid"] = now["pid"]  # its first pid (it had none while starting)
+            self.stopped[name] = self.stopped.get(name, 0) + 1 if now["state"] == "stopped" else 0
+            restarted = (
+                now["restarts"].isdigit()
+                and before["restarts"].isdigit()
+                and int(now["restarts"]) > int(before["restarts"])
+            )
+            new_pid = (
+                now["pid"].isdigit() and before["pid"].isdigit() and now["pid"] != before["pid"]
+            )
+            if (
+                now["state"] in EXITED_STATES
+                or restarted
+                or new_pid
+                or self.stopped[name] >= STOPPED_POLLS
+            ):
+                found[name] = now
+        return found
+
+
+def log_lines(script: str) -> list[str]:
+    lines = run_shell(script).splitlines()
+    if lines and lines[0].startswith("@cursor "):
+        lines = lines[1:]
+    return [line for line in lines if not line.startswith("-- cursor: ")]
+
+
+def wait_healthy(
+    urls: list[str], deadline_s: float, watcher: Watcher | None = None
+) -> tuple[dict[str, int], dict[str, dict]]:
+    """Poll every URL with exponential backoff (50 ms .. 1 s) until all are 200 or time is up,
+    or (with a watcher) until a service has exited: then also which ones."""
     end = time.monotonic() + deadline_s
     delay = 0.05
     last = {url: 0 for url in urls}
@@ -62,7 +143,10 @@ def wait_healthy(urls: list[str], deadline_s: float) -> dict[str, int]:
             if last[url] != 200:
                 last[url] = status_of(url)
         if all(code == 200 for code in last.values()) or time.monotonic() >= end:
-            return last
+            return last, {}
+        exited = watcher.exited() if watcher else {}
+        if exited:
+            return last, exited
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
@@ -108,7 +192,7 @@ def _chat(url: str, model: str) -> dict:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
-        "max_tokens": 32,
+        "max_tokens": 8,  # enough to prove it answers; a loaded CPU makes ~1 token/s
         "temperature": 0,
     }
     reply, latency = _post(f"{url}/chat/completions", body)
@@ -139,8 +223,27 @@ def main() -> int:
     use_key_from(spec.get("keys_file"))
     deadline_s = float(spec.get("deadline_s", 300))
     deadline = time.monotonic() + deadline_s
-    result: dict = {"health": wait_healthy(spec["urls"], deadline_s)}
-    ok = all(code == 200 for code in result["health"].values())
+    watch = spec.get("watch") or {}
+    watcher = Watcher(watch["script"]) if watch.get("script") else None
+    health, exited = wait_healthy(spec["urls"], deadline_s, watcher)
+    result: dict = {"health": health}
+    tails = watch.get("tails", {})
+    if exited:
+        result["failed"] = {
+            name: {**state, "log": log_lines(tails[name]) if name in tails else []}
+            for name, state in exited.items()
+        }
+    elif watch:
+        names = watch.get("services", {})
+        result["waiting"] = {
+            names.get(url, url): {
+                "code": code,
+                "log": log_lines(tails.get(names.get(url), ""))[-1:],
+            }
+            for url, code in health.items()
+            if code != 200
+        }
+    ok = all(code == 200 for code in result["health"].values()) and not exited
     result["verify"] = {}
     if ok:
         for item in spec.get("verify", []):

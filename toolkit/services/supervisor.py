@@ -8,11 +8,60 @@ from __future__ import annotations
 
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
+from toolkit.services import manifest
 from toolkit.services.definition import Service
-from toolkit.services.manager import DefinitionFile, ServiceManager, ServiceStatus
+from toolkit.services.manager import (
+    DefinitionFile,
+    ServiceManager,
+    ServiceStatus,
+    file_log_script,
+)
 
 CONF = "supervisor/supervisord.conf"
 _CTL = '"$TK_DATA/venv/bin/supervisorctl" -c "$TK_DATA/supervisor/supervisord.conf"'
+
+# `supervisorctl status` lines ("NAME  RUNNING  pid 12, uptime 1 day, 0:00:05") on stdin, and
+# supervisord's own log (logf), whose "exited: NAME (exit status 2; not expected)" lines since
+# its last start count the restarts and tell how each service last ended. One that exited since
+# it last reached RUNNING ("success: NAME entered RUNNING state") and is STARTING is restarting.
+STATE_AWK = r"""
+BEGIN {
+  while ((getline l < logf) > 0) {
+    if (index(l, "supervisord started with pid")) { split("", r); split("", x); split("", c) }
+    p = index(l, " success: ")
+    if (p) { split(substr(l, p + 10), w, " "); c[w[1]] = 0 }
+    p = index(l, " exited: ")
+    if (p) {
+      rest = substr(l, p + 9); sp = index(rest, " (")
+      n = substr(rest, 1, sp - 1); why = substr(rest, sp + 2)
+      sub(/;.*/, "", why); sub(/\).*/, "", why)
+      r[n]++; c[n]++; x[n] = why
+    }
+  }
+}
+$2 ~ /^[A-Z]+$/ { up_daemon = 1; seen[$1] = $0 }
+END {
+  k = split(names, list, " ")
+  for (i = 1; i <= k; i++) {
+    n = list[i]; line = seen[n]; split(line, f, " "); s = f[2]
+    st = "stopped"
+    if (s == "RUNNING") st = "running"
+    else if (s == "STARTING") st = (c[n] > 0) ? "restarting" : "starting"
+    else if (s == "BACKOFF") st = "restarting"; else if (s == "EXITED" || s == "FATAL") st = "crashed"
+    else if (s == "STOPPING") st = "stopping"
+    pid = "-"; if (match(line, /pid [0-9]+/)) pid = substr(line, RSTART + 4, RLENGTH - 4)
+    up = "-"
+    if (match(line, /uptime .*/)) {
+      u = substr(line, RSTART + 7); d = 0
+      if (match(u, /^[0-9]+ days?, /)) { d = u + 0; u = substr(u, RLENGTH + 1) }
+      split(u, h, ":"); up = d * 86400 + h[1] * 3600 + h[2] * 60 + h[3]
+    }
+    ex = (n in x) ? x[n] : (up_daemon ? "-" : "supervisord is not running")
+    sub(/^exit status /, "exit ", ex); sub(/^terminated by /, "signal ", ex)
+    printf "@svc\t%s\t%s\t%s\t%s\t%s\t%s\n", n, st, pid, up, (n in r) ? r[n] : 0, ex
+  }
+}
+"""
 
 
 def environment_line(env: dict[str, str]) -> str:
@@ -46,7 +95,7 @@ class Supervisor(ServiceManager):
                     },
                 )
             )
-        return files
+        return files + [manifest.definition(self, services, data_dir)]
 
     def probe(self, services: list[Service]) -> str:
         return f'[ -x "$TK_DATA/venv/bin/supervisorctl" ] && {_CTL} status 2>&1; true'
@@ -92,3 +141,16 @@ class Supervisor(ServiceManager):
             "  kill -0 \"$tk_pid\" 2>/dev/null && { echo 'supervisord did not stop' >&2; exit 1; }\n"
             "fi\ntrue\n"
         )
+
+    def state_script(self, names: str) -> str:
+        return (
+            f'{{ [ -x "$TK_DATA/venv/bin/supervisorctl" ] && {_CTL} status 2>&1; }} | '
+            f'awk -v names="$(echo {names})" -v logf="$TK_DATA/logs/supervisord.log" '
+            f"{quote(STATE_AWK)}"
+        )
+
+    def log_location(self, service: Service, data_dir: str) -> str:
+        return f"{data_dir}/logs/{service.name}.log"
+
+    def log_script(self, name: str, lines: int, cursor: str | None = None) -> str:
+        return file_log_script(f'"$TK_DATA"/logs/{name}.log', lines, cursor)

@@ -7,8 +7,33 @@ so toolkit's files stay in one place and ``down`` can find them all.
 from __future__ import annotations
 
 from toolkit.hosts.connection import quote
+from toolkit.services import manifest
 from toolkit.services.definition import Service
-from toolkit.services.manager import DefinitionFile, ServiceManager, ServiceStatus
+from toolkit.services.manager import STATE_MARK, DefinitionFile, ServiceManager, ServiceStatus
+
+PROPERTIES = "ActiveState,SubState,ExecMainStatus,ExecMainCode,NRestarts,ExecMainStartTimestampMonotonic,MainPID"
+# `systemctl show` KEY=VALUE lines of one unit -> its @svc line. ExecMainCode is how the main
+# process last ended: 1 exited (ExecMainStatus is its exit status), 2 killed, 3 dumped core
+# (ExecMainStatus is the signal number). Uptime from the start time on the monotonic clock.
+STATE_AWK = r"""
+{ i = index($0, "="); v[substr($0, 1, i - 1)] = substr($0, i + 1) }
+END {
+  a = v["ActiveState"]; s = v["SubState"]; st = "stopped"
+  if (a == "active" || a == "reloading") st = "running"
+  else if (a == "activating" && s == "auto-restart") st = "restarting"
+  else if (a == "activating") st = "starting"
+  else if (a == "failed") st = "crashed"
+  else if (a == "deactivating") st = "stopping"
+  c = v["ExecMainCode"] + 0; ex = "-"
+  if (c == 1 && v["ExecMainStatus"] != "") ex = "exit " v["ExecMainStatus"]
+  else if (c == 2 || c == 3) ex = "signal " v["ExecMainStatus"]
+  pid = (v["MainPID"] + 0 > 0) ? v["MainPID"] + 0 : "-"
+  up = "-"; t = v["ExecMainStartTimestampMonotonic"] + 0
+  if (pid != "-" && t > 0 && now > 0) up = int(now - t / 1000000)
+  rs = (v["NRestarts"] != "") ? v["NRestarts"] : "-"
+  printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, n, st, pid, up, rs, ex
+}
+"""
 
 
 def unit_name(service: Service) -> str:
@@ -17,6 +42,10 @@ def unit_name(service: Service) -> str:
 
 class Systemd(ServiceManager):
     name = "systemd"
+
+    @property
+    def kind(self) -> str:
+        return "systemd" if self.system else "systemd-user"
 
     def __init__(self, system: bool, user: str | None = None):
         self.system = system
@@ -31,7 +60,7 @@ class Systemd(ServiceManager):
                 {"service": s, "host": host, "system": self.system, "user": self.user},
             )
             for s in services
-        ]
+        ] + [manifest.definition(self, services, data_dir)]
 
     def probe(self, services: list[Service]) -> str:
         units = " ".join(quote(unit_name(s)) for s in services)
@@ -64,3 +93,30 @@ class Systemd(ServiceManager):
     def stop_script(self, services: list[Service]) -> str:
         units = " ".join(quote(unit_name(s)) for s in services)
         return f"{self.ctl} disable --now {units} 2>/dev/null; true\n"
+
+    def state_script(self, names: str) -> str:
+        return (
+            "tk_now=$(cut -d' ' -f1 /proc/uptime 2>/dev/null)\n"
+            f"for tk_s in {names}; do\n"
+            f'  {self.ctl} show -p {PROPERTIES} "toolkit-$tk_s.service" 2>/dev/null | '
+            f'awk -v n="$tk_s" -v now="${{tk_now:-0}}" -v mark={STATE_MARK} {quote(STATE_AWK)}\n'
+            "done"
+        )
+
+    def journal(self) -> str:
+        return "journalctl" if self.system else "journalctl --user"
+
+    def log_location(self, service: Service, data_dir: str) -> str:
+        return f"{self.journal()} -u {unit_name(service)}"
+
+    def log_script(self, name: str, lines: int, cursor: str | None = None) -> str:
+        unit = f"toolkit-{name}.service"
+        since = f"--after-cursor={quote(cursor)}" if cursor else f"-n {int(lines)}"
+        return f"{self.journal()} -u {unit} {since} -o cat --no-pager --show-cursor 2>&1"
+
+    def read_log(self, output: str) -> tuple[str, str | None]:
+        """journalctl ends with ``-- cursor: ...`` (the last entry read) when it read any."""
+        text, _, last = output.rstrip("\n").rpartition("\n")
+        if last.startswith("-- cursor: "):
+            return text + "\n" if text else "", last[len("-- cursor: ") :]
+        return output, None

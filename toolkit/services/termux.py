@@ -16,8 +16,15 @@ takes Termux's wake lock so that Android does not put the CPU to sleep under the
 from __future__ import annotations
 
 from toolkit.hosts.connection import quote
+from toolkit.services import manifest
 from toolkit.services.definition import Service
-from toolkit.services.manager import DefinitionFile, ServiceManager, ServiceStatus
+from toolkit.services.manager import (
+    STATE_MARK,
+    DefinitionFile,
+    ServiceManager,
+    ServiceStatus,
+    file_log_script,
+)
 
 DEFAULT_PREFIX = "/data/data/com.termux/files/usr"
 LINK_PREFIX = "toolkit-"  # $PREFIX/var/service/toolkit-<name>: whose services these are
@@ -28,6 +35,24 @@ DAEMON_UP = "runsvdir-up"
 
 def link_name(service: Service) -> str:
     return LINK_PREFIX + service.name
+
+
+# `sv status` of one service -> its @svc line. runit keeps neither a restart count nor the exit
+# status: "-" for both. "down ..., want up" is a service runsv is about to start again.
+STATE_AWK = r"""
+{
+  line = $0; sub(/; run: log:.*/, "", line)
+  st = "stopped"; pid = "-"; up = "-"; ex = "-"
+  if (line ~ /^run: /) st = "running"
+  else if (line ~ /^finish: / || (line ~ /^down: / && line ~ /want up/)) st = "restarting"
+  else if (line ~ /^(fail|warning): /) ex = "runsv is not running"
+  if (match(line, /\(pid [0-9]+\) /)) {
+    pid = substr(line, RSTART + 5, RLENGTH - 7); sub(/\(pid [0-9]+\) /, "", line)
+  }
+  if (st == "running" && match(line, /: [0-9]+s/)) up = substr(line, RSTART + 2, RLENGTH - 3)
+  printf "%s\t%s\t%s\t%s\t%s\t-\t%s\n", mark, n, st, pid, up, ex
+}
+"""
 
 
 class Termux(ServiceManager):
@@ -60,7 +85,7 @@ class Termux(ServiceManager):
             files.append(
                 DefinitionFile(f"termux/{s.name}/log/run", "termux-log-run.j2", variables, 0o755)
             )
-        return files
+        return files + [manifest.definition(self, services, data_dir)]
 
     def _daemon_alive(self) -> str:
         pid = quote(self.pid_file)
@@ -131,3 +156,20 @@ class Termux(ServiceManager):
         if self.wake_lock:
             lines.append(f"{self.bin('termux-wake-unlock')} 2>/dev/null")
         return "\n".join(lines) + "\ntrue\n"
+
+    def state_script(self, names: str) -> str:
+        return (
+            f"for tk_s in {names}; do\n"
+            # By the service's own directory (a path: sv needs no SVDIR), with termux-services'
+            # sv wherever $PREFIX is (status reads no facts).
+            f'  "${{PREFIX:-{DEFAULT_PREFIX}}}"/bin/sv status "$TK_DATA"/termux/"$tk_s" 2>&1 '
+            "| head -n 1 | "
+            f'awk -v n="$tk_s" -v mark={STATE_MARK} {quote(STATE_AWK)}\n'
+            "done"
+        )
+
+    def log_location(self, service: Service, data_dir: str) -> str:
+        return f"{data_dir}/logs/{service.name}/current"
+
+    def log_script(self, name: str, lines: int, cursor: str | None = None) -> str:
+        return file_log_script(f'"$TK_DATA"/logs/{name}/current', lines, cursor)
