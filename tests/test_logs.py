@@ -133,6 +133,8 @@ def standin_pid(data) -> int | None:
 def test_logs_n_5_prints_the_engines_last_lines_over_ssh(ssh_site):
     host = ssh_site.hosts[0]
     data = host.home / ".local/share/toolkit"
+    # supervisord says RUNNING a second (startsecs) after the start, health may come sooner
+    wait_for(lambda: standin_pid(data) is not None, "the stand-in RUNNING")
     for _ in range(6):  # six restarts: seven start lines, more than asked for
         pid = standin_pid(data)
         assert pid, "the stand-in should be running"
