@@ -16,7 +16,7 @@ import httpx
 
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
-from toolkit.models.sources import fetch
+from toolkit.models.sources import FetchedModel, fetch
 from toolkit.models.store import ChecksumMismatch, controller_store
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.placement import place_blob
@@ -64,6 +64,46 @@ class Release:
     def filename(self) -> str:
         return posixpath.basename(self.url.split("?", 1)[0])
 
+    def fetch(self, ctx: HostContext, outcome: str) -> FetchedModel:
+        """Into the workstation's store, checked against the playbook's sha256 or the published
+        one; errors name both digests (and ``outcome``: what was left undone) or the URL tried
+        and what to fix."""
+        expected = self.sha256 or self.published_sha256()
+        try:
+            return fetch(
+                {"url": self.url},
+                sha256=expected,
+                store=controller_store(),
+                progress=ctx.progress(f"fetch {self.filename}"),
+            )
+        except ChecksumMismatch as exc:
+            raise ToolkitError(
+                f"{self.filename}: sha256 is {exc.actual}, expected {exc.expected}; {outcome}"
+            ) from None
+        except ToolkitError as exc:
+            raise ToolkitError(f"{exc}{self.hint()}") from None
+
+    def published_sha256(self) -> str:
+        """The digest the release's checksum listing gives for its file."""
+        url = self.checksums_url
+        if not url:
+            raise ToolkitError(
+                f"{self.filename}: no sha256 to check it against; give sha256: in the playbook"
+            )
+        try:
+            response = httpx.get(url, follow_redirects=True, timeout=30)
+        except httpx.HTTPError as exc:
+            raise ToolkitError(f"{url}: {exc}{self.hint()}") from None
+        if response.status_code != 200:
+            raise ToolkitError(f"{url}: HTTP {response.status_code}{self.hint()}")
+        digest = checksum_from_file(response.text, self.filename)
+        if digest is None:
+            raise ToolkitError(f"{url} lists no sha256 for {self.filename}")
+        return digest
+
+    def hint(self) -> str:
+        return f" (tried {self.url}; {self.fix_hint})" if self.fix_hint else ""
+
 
 class Archive(Resource):
     """``release`` unpacked into ``dest`` (relative to the data dir); ``strip`` leading folders
@@ -87,21 +127,7 @@ class Archive(Resource):
         return Change(self, f"{verb} {self.release.filename}")
 
     def apply(self, change: Change, ctx: HostContext) -> None:
-        expected = self.release.sha256 or self._published_sha256()
-        try:
-            fetched = fetch(
-                {"url": self.release.url},
-                sha256=expected,
-                store=controller_store(),
-                progress=ctx.progress(f"fetch {self.release.filename}"),
-            )
-        except ChecksumMismatch as exc:
-            raise ToolkitError(
-                f"{self.release.filename}: sha256 is {exc.actual}, expected {exc.expected}; "
-                "nothing was unpacked"
-            ) from None
-        except ToolkitError as exc:
-            raise ToolkitError(f"{exc}{self._hint()}") from None
+        fetched = self.release.fetch(ctx, "nothing was unpacked")
         dest = ctx.path(self.dest)
         download = ctx.path(f"downloads/{self.release.filename}")
         place_blob(ctx, fetched.path, fetched.sha256, download, self.release.filename)
@@ -125,27 +151,4 @@ class Archive(Resource):
             f"{unpack}\n{strip}"
             f"printf '%s %s\\n' {quote(self.release.url)} {quote(sha256)} > {RECORD}\n"
             f"cd /; rm -rf {quote(dest)}; mv {quote(partial)} {quote(dest)}; rm -f {quote(archive)}\n"
-        )
-
-    def _published_sha256(self) -> str:
-        url = self.release.checksums_url
-        if not url:
-            raise ToolkitError(
-                f"{self.release.filename}: no sha256 to check it against; give sha256: in the "
-                "playbook"
-            )
-        try:
-            response = httpx.get(url, follow_redirects=True, timeout=30)
-        except httpx.HTTPError as exc:
-            raise ToolkitError(f"{url}: {exc}{self._hint()}") from None
-        if response.status_code != 200:
-            raise ToolkitError(f"{url}: HTTP {response.status_code}{self._hint()}")
-        digest = checksum_from_file(response.text, self.release.filename)
-        if digest is None:
-            raise ToolkitError(f"{url} lists no sha256 for {self.release.filename}")
-        return digest
-
-    def _hint(self) -> str:
-        return (
-            f" (tried {self.release.url}; {self.release.fix_hint})" if self.release.fix_hint else ""
         )
