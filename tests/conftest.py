@@ -66,6 +66,22 @@ def wait_http_ok(
     raise TimeoutError(f"{url} not ready after {deadline_s}s")
 
 
+def processes_mentioning(text: str | Path) -> list[tuple[int, str]]:
+    """(pid, command line) of every process on this machine whose command line holds ``text``
+    (a test's data dir or root): what a test must not leave behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(text) in cmdline:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     """End a process we started, and its group, by pid."""
     if proc.poll() is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import GEMMA_SHA256
+from tests.conftest import GEMMA_SHA256, processes_mentioning
 from toolkit.models.store import ModelStore
 
 
@@ -64,18 +64,8 @@ class RuntimeSite:
         return self.toolkit("down", str(playbook or self.playbook))
 
     def processes(self) -> list[tuple[int, str]]:
-        """Every process whose command line or environment mentions this site's root."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(self.root) in cmdline:
-                found.append((int(entry.name), cmdline))
-        return found
+        """Every process whose command line mentions this site's root."""
+        return processes_mentioning(self.root)
 
     def kill_leftovers(self) -> None:
         for pid, _ in self.processes():  # should be none; never leave a daemon behind

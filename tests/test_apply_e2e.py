@@ -22,7 +22,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import GEMMA_SHA256, REPO, free_port
+from tests.conftest import GEMMA_SHA256, REPO, free_port, processes_mentioning
 from toolkit.models.store import hash_file
 
 GEMMA = "gemma-3-270m"
@@ -84,17 +84,7 @@ class Workspace:
 
     def processes(self) -> list[tuple[int, str]]:
         """Every process on this machine whose command line mentions this data dir."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(self.data) in cmdline:
-                found.append((int(entry.name), cmdline))
-        return found
+        return processes_mentioning(self.data)
 
 
 @contextlib.contextmanager

@@ -15,19 +15,17 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import GEMMA_SHA256, free_port, stop_process, wait_http_ok
+from tests.conftest import (
+    GEMMA_SHA256,
+    free_port,
+    processes_mentioning,
+    stop_process,
+    wait_http_ok,
+)
 
 
 def processes_under(path: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(path) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return [pid for pid, _ in processes_mentioning(path)]
 
 
 class Bench:

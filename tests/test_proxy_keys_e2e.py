@@ -17,13 +17,12 @@ import ssl
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, processes_mentioning
 
 STANDIN = REPO / "tests" / "llama_standin.py"
 HF_TOKEN = "hf_testtoken_" + "x" * 24
@@ -63,12 +62,8 @@ def keyed(tmp_path_factory):
         yield bench
     finally:
         toolkit("down", str(root / "site.yml"))
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and str(data) in (entry / "cmdline").read_text():
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                pass
+        for pid, _ in processes_mentioning(data):
+            os.kill(pid, signal.SIGKILL)
 
 
 def the_key(bench) -> str:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import GEMMA_SHA256, REPO, free_port
+from tests.conftest import GEMMA_SHA256, REPO, free_port, processes_mentioning
 from tests.test_apply_e2e import GEMMA, Workspace, wait_for
 from toolkit.services.definition import Service
 from toolkit.services.manager import parse_states
@@ -214,16 +214,8 @@ def runit_tree(root: Path) -> tuple[Path, Termux, list[Service]]:
     return prefix, manager, services
 
 
-def processes_under(root: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(root) in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+def processes_under(path: Path) -> list[int]:
+    return [pid for pid, _ in processes_mentioning(path)]
 
 
 def test_runit_reports_states_logs_and_a_crash_loop_fails_the_wait_at_once(tmp_path):
