@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.assets import proxy_dir
-from toolkit.credentials import keys_file_content, tls_pair
+from toolkit.credentials import TlsPair, keys_file_content, tls_pair
 from toolkit.errors import ToolkitError
 from toolkit.hosts.facts import Facts
 from toolkit.inventory import Host
@@ -139,12 +139,18 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
     notices: list[str] = []
     keys_file = None
     if play.proxy:
+        # the certificate is read (or made) once: the files and the recap's notice share it
+        pair = (
+            tls_pair(play.proxy.tls, host.name, host.address or host.name)
+            if play.proxy.tls
+            else None
+        )
         proxy_resources, proxy_service, keys_file = design_proxy(
-            play, host, data, ordered, proxy_code
+            play, host, data, ordered, proxy_code, pair
         )
         resources += proxy_resources
         services.append(proxy_service)
-        notices += proxy_notices(play, host)
+        notices += proxy_notices(play, pair)
 
     definitions = manager.definitions(services, data, host.name)
     definition_files = [
@@ -173,7 +179,7 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
 
 
 def design_proxy(
-    play: Play, host: Host, data: str, served: list[Served], code: Tree
+    play: Play, host: Host, data: str, served: list[Served], code: Tree, pair: TlsPair | None
 ) -> tuple[list[Resource], Service, str | None]:
     """The proxy's files (routes, delivered keys, TLS certificate), its service, and where its
     keys file is on the host."""
@@ -188,8 +194,7 @@ def design_proxy(
         )
         keys_file = f"{data}/{KEYS_RELPATH}"
     tls = None
-    if proxy.tls:
-        pair = tls_pair(proxy.tls, host.name, host.address or host.name)
+    if pair is not None:
         files.append(File(TLS_CERT_RELPATH, lambda ctx: pair.cert))
         files.append(File(TLS_KEY_RELPATH, lambda ctx: pair.key, 0o600, secret=True))
         tls = {"cert": f"{data}/{TLS_CERT_RELPATH}", "key": f"{data}/{TLS_KEY_RELPATH}"}
@@ -214,13 +219,12 @@ def design_proxy(
     return [*files, routes], service, keys_file
 
 
-def proxy_notices(play: Play, host: Host) -> list[str]:
+def proxy_notices(play: Play, pair: TlsPair | None) -> list[str]:
     """What the recap should say of this host's proxy (never a key itself)."""
     proxy = play.proxy
     assert proxy is not None
     notices = []
-    if proxy.tls:
-        pair = tls_pair(proxy.tls, host.name, host.address or host.name)
+    if pair is not None:
         trust = f"; clients trust {pair.ca_file}" if pair.ca_file else ""
         notices.append(f"proxy TLS certificate SHA-256 {pair.fingerprint}{trust}")
     keyed = proxy.keys or proxy.keys_file
