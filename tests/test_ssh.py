@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -154,6 +156,31 @@ def test_large_stdin_and_stdout_stream_both_ways(ssh_hosts):
     assert result.rc == 0
     assert result.stdout.encode() == data
     assert result.stderr == "done"
+
+
+@pytest.mark.parametrize("where", ["ssh", "local"])
+def test_stdout_reaches_on_stdout_while_the_command_still_runs(ssh_hosts, where):
+    # The command waits for a file that only the callback creates, on seeing the first line:
+    # without streaming it would wait until its timeout (rc 124).
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))  # the bed's users cannot enter pytest's tmp
+    shared.chmod(0o777)
+    mark = shared / "seen-first"
+    seen: list[bytes] = []
+
+    def on_stdout(chunk: bytes) -> None:
+        seen.append(chunk)
+        if b"first" in b"".join(seen):
+            mark.touch()
+
+    script = f"echo first; while [ ! -e {mark} ]; do sleep 0.05; done; echo second"
+    conn = open_ssh(ssh_hosts[0]) if where == "ssh" else LocalConnection()
+    try:
+        with conn:
+            result = conn.run(script, timeout=20, on_stdout=on_stdout)
+    finally:
+        shutil.rmtree(shared)
+    assert result.rc == 0, result.stderr
+    assert b"".join(seen) == result.stdout.encode() == b"first\nsecond\n"
 
 
 def test_env_values_arrive_unchanged(ssh_hosts):

@@ -12,6 +12,8 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +57,13 @@ class Connection:
         become: bool = False,
         timeout: float | None = None,
         env: dict[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> Result:
-        """Run ``script`` with /bin/sh on the host; never raises for a non-zero exit."""
+        """Run ``script`` with /bin/sh on the host; never raises for a non-zero exit.
+
+        ``on_stdout`` receives stdout as it arrives (in chunks of any size: split lines
+        yourself); the Result holds all of it too.
+        """
         raise NotImplementedError
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
@@ -99,7 +106,9 @@ class LocalConnection(Connection):
         self.become_default = become
         self.round_trips = 0
 
-    def run(self, script, *, stdin=None, become=False, timeout=None, env=None) -> Result:
+    def run(
+        self, script, *, stdin=None, become=False, timeout=None, env=None, on_stdout=None
+    ) -> Result:
         self.round_trips += 1
         argv = ["/bin/sh", "-c", script]
         if (become or self.become_default) and os.geteuid() != 0:
@@ -107,17 +116,17 @@ class LocalConnection(Connection):
         full_env = None
         if env:
             full_env = {**os.environ, **env}
-        proc = subprocess.run(
-            argv,
-            input=stdin,
-            capture_output=True,
-            timeout=timeout,
-            env=full_env,
-        )
+        if on_stdout is None:
+            proc = subprocess.run(
+                argv, input=stdin, capture_output=True, timeout=timeout, env=full_env
+            )
+            stdout, stderr = proc.stdout, proc.stderr
+        else:
+            proc, stdout, stderr = _run_streaming(argv, stdin, timeout, full_env, on_stdout)
         return Result(
             proc.returncode,
-            proc.stdout.decode(errors="replace"),
-            proc.stderr.decode(errors="replace"),
+            stdout.decode(errors="replace"),
+            stderr.decode(errors="replace"),
         )
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
@@ -135,6 +144,51 @@ class LocalConnection(Connection):
 
     def get(self, remote: str, local: Path) -> None:
         shutil.copyfile(os.path.expanduser(remote), local)
+
+
+def _run_streaming(argv, stdin, timeout, env, on_stdout):
+    """subprocess.run with stdout handed to ``on_stdout`` as it comes (stderr collected)."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    stderr = bytearray()
+
+    def feed() -> None:
+        try:
+            if stdin:
+                proc.stdin.write(stdin)
+            proc.stdin.close()
+        except OSError:  # the command exited without reading all of its stdin
+            pass
+
+    def drain_stderr() -> None:
+        stderr.extend(proc.stderr.read())
+
+    helpers = [threading.Thread(target=feed), threading.Thread(target=drain_stderr)]
+    for thread in helpers:
+        thread.start()
+    stdout = bytearray()
+    timer = threading.Timer(timeout, proc.kill) if timeout is not None else None
+    if timer:
+        timer.start()
+    try:
+        while chunk := proc.stdout.read1(65536):
+            stdout += chunk
+            on_stdout(chunk)
+        proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for thread in helpers:
+            thread.join()
+    return proc, bytes(stdout), bytes(stderr)
 
 
 def quote(value: object) -> str:

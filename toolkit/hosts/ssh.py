@@ -25,7 +25,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import fabric
@@ -204,10 +204,11 @@ class SSHConnection(Connection):
         become: bool = False,
         timeout: float | None = None,
         env: dict[str, str] | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
     ) -> Result:
         """Run ``script`` with /bin/sh on the host; never raises for a non-zero exit.
 
-        A run that outlives ``timeout`` seconds is abandoned and returns rc 124.
+        ``on_stdout`` receives stdout as it arrives. A run that outlives ``timeout`` seconds is abandoned and returns rc 124.
         """
         script = _with_env(script, env or {})
         sudo = (become or self.become_default) and self.user != "root"
@@ -221,7 +222,7 @@ class SSHConnection(Connection):
             channel.exec_command(command.line)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostUnreachable(f"{self._label()}: cannot start a command: {exc}") from None
-        exchange = _Exchange(channel, stdin or b"", command)
+        exchange = _Exchange(channel, stdin or b"", command, on_stdout)
         try:
             result = exchange.run(timeout, self._label())
         finally:
@@ -623,8 +624,15 @@ class _Command:
 class _Exchange:
     """Feeds stdin to one exec channel and collects its output, answering sudo's prompt."""
 
-    def __init__(self, channel: paramiko.Channel, stdin: bytes, command: _Command):
+    def __init__(
+        self,
+        channel: paramiko.Channel,
+        stdin: bytes,
+        command: _Command,
+        on_stdout: Callable[[bytes], None] | None = None,
+    ):
         self.channel = channel
+        self.on_stdout = on_stdout
         self.pending = memoryview(stdin)
         self.password = command.password
         self.prompt = command.prompt.encode()
@@ -648,7 +656,10 @@ class _Exchange:
             channel.shutdown_write()
         while True:
             while channel.recv_ready():
-                self.stdout += channel.recv(_CHUNK)
+                chunk = channel.recv(_CHUNK)
+                self.stdout += chunk
+                if self.on_stdout and chunk:
+                    self.on_stdout(chunk)
             while channel.recv_stderr_ready():
                 self.stderr += channel.recv_stderr(_CHUNK)
             if self.pid_pattern and self.remote_pid is None:
