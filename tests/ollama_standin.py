@@ -21,6 +21,11 @@ Pulls come from ``LIBRARY`` (baked in when the archive is built): model name -> 
 this machine, or ``"fail-midway"`` (the pull stops with an ``{"error": ...}`` line after some
 progress, as a dropped download does). A name not in it fails as Ollama does for a model the
 registry does not have. Standard library only, plus ``xllamacpp`` for answers.
+
+Knob for tests: ``OLLAMA_STANDIN_PULL_GATE=<file>`` in ``serve``'s environment holds every pull
+halfway (after its 0 %, 30 % and 50 % progress lines) until that file exists, so a test can
+see progress arrive while the pull is still running; a gate not opened in 300 s ends the pull
+with an ``{"error": ...}`` line.
 """
 
 from __future__ import annotations
@@ -286,7 +291,11 @@ def make_handler(store: Store, engines: Engines):
                     sha.update(chunk)
                     done += len(chunk)
             digest = "sha256:" + sha.hexdigest()
-            for completed in (0, size // 2, size):
+            gate = os.environ.get("OLLAMA_STANDIN_PULL_GATE")
+            for completed in (0, size * 3 // 10, size // 2, size):
+                if completed == size and gate and not wait_for(Path(gate), 300):
+                    self.line({"error": f"stand-in: pull gate {gate} not opened in 300 s"})
+                    return self.end_stream()
                 self.line({"status": f"pulling {digest[7:19]}", "digest": digest,
                            "total": size, "completed": completed})  # fmt: skip
             blob = store.blob(digest)
@@ -364,6 +373,15 @@ def make_handler(store: Store, engines: Engines):
             forward(self, engines.url_for(name, blob), request)
 
     return Handler
+
+
+def wait_for(path: Path, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def listen_address() -> tuple[str, int]:

@@ -129,12 +129,13 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
         # files it reads (an engine serving one file does; a daemon importing them does not),
         # its runtime says in serve().
         for item in runtime.serve(install, mine, ports, data):
-            for input_id in [*install.inputs, "runtime:venv"]:
+            for input_id in [*install.inputs, "runtime:venv"] if item.service else []:
                 if input_id not in item.service.inputs:
                     item.service.inputs.append(input_id)
             served[item.model.name] = item
     ordered = [served[m.name] for m in play.models]
-    services = list({item.service.name: item.service for item in ordered}.values())
+    # a daemon toolkit adopted (service None) is neither defined, started nor stopped here
+    services = list({i.service.name: i.service for i in ordered if i.service}.values())
 
     notices: list[str] = []
     keys_file = None
@@ -258,10 +259,13 @@ def render_routes(
 
 
 def health_spec(design: HostDesign, deadline_s: float = 300) -> str:
-    """Input of health_check.py: the URLs to wait on, then one request per model, of the kind
-    its runtime says proves it (chat, completion or embedding)."""
+    """Input of health_check.py: the URLs to wait on (toolkit's services and the daemons it
+    adopted), then one request per model, of the kind its runtime says proves it (chat,
+    completion or embedding)."""
+    urls = [s.health_url for s in design.services if s.health_url]
+    urls += [i.health_url for i in design.served if i.service is None and i.health_url]
     spec = {
-        "urls": [s.health_url for s in design.services if s.health_url],
+        "urls": list(dict.fromkeys(urls)),  # an adopted daemon serving two models: checked once
         "deadline_s": deadline_s,
         "keys_file": design.keys_file,
     }

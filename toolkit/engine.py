@@ -28,7 +28,7 @@ from toolkit.inventory import Host
 from toolkit.preflight import check_disk, check_memory
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.model import ModelFile
-from toolkit.runtimes import binaries
+from toolkit.runtimes import binaries, facts_probes
 from toolkit.site import Play, Site
 from toolkit.workstation import cache_dir
 
@@ -104,10 +104,14 @@ def probe_script(
     resources: list[Resource],
     options: RunOptions,
     verify_spec: str | None = None,
+    play: Play | None = None,
 ) -> str:
-    """Facts, every resource's state and, when services should be up, their health check (no
-    waiting) and one chat request per model: a converged host costs this one round trip."""
+    """Facts (with what the play's runtimes probe themselves), every resource's state and, when
+    services should be up, their health check (no waiting) and one chat request per model: a
+    converged host costs this one round trip."""
     parts = [PRELUDE, data_dir_assignment(data_dir), FACTS_SCRIPT, binaries_probe(binaries())]
+    if play is not None:
+        parts.append(facts_probes(play.runtimes))
     for index, resource in enumerate(resources):
         parts.append(f"echo '{MARK} {index}'")
         parts.append(f"( {resource.probe(options) or ':'} ) 2>/dev/null")
@@ -182,6 +186,7 @@ def design_key(facts: Facts) -> tuple:
         facts.uid == 0,
         tuple(sorted(facts.binaries.items())),
         facts.python3,
+        tuple(sorted(facts.probed.items())),
     )
 
 
@@ -263,8 +268,9 @@ class Engine:
         data_dir: str | None,
         resources: list[Resource],
         verify_spec: str | None = None,
+        play: Play | None = None,
     ):
-        script = probe_script(data_dir, resources, self.options, verify_spec)
+        script = probe_script(data_dir, resources, self.options, verify_spec, play)
         output = conn.run(script, timeout=3600)
         if output.rc != 0 and MARK not in output.stdout and not output.stdout.strip():
             raise CommandFailed("reading facts", output)
@@ -277,11 +283,12 @@ class Engine:
         cached = self.facts_cache.load(host, data_dir)
         design = design_host(play, host, cached) if cached else None
         verify = None if self.options.check or design is None else health_spec(design, 0)
-        facts, observed = self.probe(conn, data_dir, design.resources if design else [], verify)
+        resources = design.resources if design else []
+        facts, observed = self.probe(conn, data_dir, resources, verify, play)
         if design is None or design_key(facts) != design_key(cached):
             design = design_host(play, host, facts)
             verify = None if self.options.check else health_spec(design, 0)
-            facts, observed = self.probe(conn, data_dir, design.resources, verify)
+            facts, observed = self.probe(conn, data_dir, design.resources, verify, play)
         self.facts_cache.save(host, data_dir, facts)
         checked_data_dir(facts.data_dir)  # also when it comes from $HOME
         check_service_values(design)
@@ -443,8 +450,9 @@ def stop_all(
         with host_failure(result):
             conn = engine.connection(host)
             data_dir = checked_data_dir(site.vars_for(play, host).get("toolkit_data_dir"))
-            facts, _ = engine.probe(conn, data_dir, [])
-            design = design_host(site.play_for(play, host), host, facts)
+            host_play = site.play_for(play, host)
+            facts, _ = engine.probe(conn, data_dir, [], play=host_play)
+            design = design_host(host_play, host, facts)
             script = design.manager.stop_script(design.services)
             conn.check(
                 f"{PRELUDE}\n{data_dir_assignment(data_dir)}\n{script}",

@@ -294,6 +294,7 @@ def parse_runtimes(raw: PosDict) -> dict[str, RuntimeSpec]:
             conf = empty_mapping(raw.vpos_of(name))
         schema = {"install": Key((str,), choices=runtime.strategies), **runtime.keys}
         conf = check_mapping(conf, schema, f'runtime "{name}"', raw.vpos_of(name))
+        runtime.check_conf(conf)
         install = conf.pop("install", "auto")
         if runtime.implemented is not None and install not in runtime.implemented:
             raise conf.vpos_of("install").error(

@@ -93,6 +93,8 @@ class Facts:
     gpus: list[str] = field(default_factory=list)
     binaries: dict[str, str] = field(default_factory=dict)  # name -> path
     versions: dict[str, str] = field(default_factory=dict)  # name -> version line
+    # what runtimes' own probes found (Runtime.facts_probe): key (named after its runtime) -> value
+    probed: dict[str, str] = field(default_factory=dict)
 
     @property
     def init_system(self) -> str:
@@ -129,6 +131,8 @@ def parse_facts(text: str) -> Facts:
             facts.binaries[key[5:]] = value
         elif key.startswith("version_"):
             facts.versions[key[8:]] = value
+        elif key.startswith("probed_"):
+            facts.probed[key[7:]] = value
         elif hasattr(facts, key):
             setattr(facts, key, value)
     return facts

@@ -2,7 +2,9 @@
 
 ``tk_sha`` hashes small files; ``tk_sha_big`` hashes models with openssl or Python when they are
 there (for 1 GiB on our machines, coreutils' sha256sum took 8.9 s, openssl 1.4 s: no SHA
-extensions in coreutils); ``tk_stat`` prints "size mtime" on GNU and BSD systems alike.
+extensions in coreutils); ``tk_stat`` prints "size mtime" on GNU and BSD systems alike;
+``tk_http_get URL`` prints a body with curl, wget or python3 (whichever the host has; nothing
+when it does not answer in 3 s).
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ print(h.hexdigest())' "$1"
   else tk_sha "$1"; fi
 }
 tk_stat() { stat -c '%s %Y' "$1" 2>/dev/null || stat -f '%z %m' "$1"; }
+tk_http_get() {
+  if command -v curl >/dev/null 2>&1; then curl -fsS --max-time 3 "$1" 2>/dev/null
+  elif command -v wget >/dev/null 2>&1; then wget -qO- -T 3 "$1" 2>/dev/null
+  elif command -v python3 >/dev/null 2>&1; then python3 -c 'import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())' "$1" 2>/dev/null
+  fi
+}
 """
 
 

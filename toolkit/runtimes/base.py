@@ -5,6 +5,9 @@ one ``Runtime`` subclass, listed in ``toolkit/runtimes/__init__.py``. The core (
 validation, design, engine, report) loops over runtimes and never names one:
 
 - ``keys`` / ``args`` / ``sources``: its playbook schema (validated with file:line like the rest);
+- ``check_conf``: checks of its ``runtimes.<name>`` keys beyond their types (file:line);
+- ``facts_probe``: shell the facts probe runs for it (a running daemon, a plugin that loads), its
+  findings in ``Facts.probed``;
 - ``resolve``: which install the host gets, from the facts and the playbook's strategy, and why;
 - ``Install.resources``: what installs it (archives, packages, builds), ``Install.pip``: what
   toolkit's virtualenv must hold for it;
@@ -52,9 +55,12 @@ class Served:
 
     model: ModelSpec
     port: int
-    service: Service  # shared by every model of a one-daemon runtime (Ollama)
+    # shared by every model of a one-daemon runtime (Ollama); None for a daemon toolkit adopted
+    # (found running): toolkit neither defines, starts nor stops it
+    service: Service | None
     backend: dict[str, Any]  # the routes-file backend: {url, runtime[, model]}
     verify: str = "chat"  # the request that proves it answers: chat | completion | embedding
+    health_url: str | None = None  # an adopted daemon's health check (a service has its own)
 
 
 class Ports:
@@ -86,6 +92,16 @@ class Runtime:
     args: dict[str, Key] = {}  # keys of a model's args:
     sources: dict[str, dict[str, Key]] = {}  # source kinds the runtime fetches itself
     binaries: tuple[str, ...] = ()  # programs the facts probe looks for (path_<bin>, version_<bin>)
+
+    def check_conf(self, conf: PosDict) -> None:
+        """Checks of ``runtimes.<name>`` beyond the schema's types; raise
+        ``conf.vpos_of(key).error(...)`` so the message has file:line."""
+
+    def facts_probe(self, spec: RuntimeSpec) -> str:
+        """POSIX shell run by the facts probe of a host whose play uses this runtime, for what
+        ``resolve`` needs beyond the programs on PATH; it reports with
+        ``tk_fact probed_<name>_<key> VALUE``, read back as ``facts.probed["<name>_<key>"]``."""
+        return ""
 
     def check_model(self, model: ModelSpec, conf: PosDict) -> None:
         """Checks of one model beyond the schema (names the runtime accepts...); raise

@@ -2,13 +2,17 @@
 
 Install strategies:
 
-- ``present``: an ``ollama`` already on the host (on PATH, or at ``path:``);
+- ``present``: an ``ollama`` already on the host (on PATH, or at ``path:``), run as toolkit's
+  service; or, with ``url:`` or when no ``ollama`` is on PATH, a running Ollama answering
+  ``/api/version`` at ``url:`` (else the host's ``$OLLAMA_HOST``, else 127.0.0.1:11434), which
+  toolkit adopts: models go into it, the routes file points at it, and toolkit neither defines,
+  starts nor stops it (``toolkit down`` leaves it running);
 - ``release``: the official Linux archive for the host's architecture
   (``ollama-linux-{amd64,arm64}``, ``.tar.zst`` from 0.14, ``.tgz`` before), version pinned with
   ``version:``, checked against the release's ``sha256sum.txt`` (or ``sha256:``), fetched from
   ``mirror:`` instead of github.com for hosts without internet; unpacked under the data dir;
 - ``package``: Termux's ``pkg install ollama``;
-- ``auto``: present when found, else package on Termux, else release.
+- ``auto``: present when found (on PATH or running), else package on Termux, else release.
 
 The daemon listens on ``127.0.0.1:<port>`` (``OLLAMA_HOST``) and keeps its models in
 ``<data dir>/ollama/models`` (``OLLAMA_MODELS``) unless ``models_dir:`` says otherwise. Models:
@@ -24,6 +28,7 @@ import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
@@ -48,6 +53,23 @@ HELPER = Path(__file__).with_name("ollama_models.py")
 HELPER_RELPATH = "bin/ollama_models.py"
 HEALTH_PATH = "/api/version"
 # name[:tag], with an optional namespace or registry path before the name (library/x, hf.co/u/r)
+# OLLAMA_HOST's form: [http[s]://]host[:port][/path]
+OLLAMA_HOST = re.compile(
+    r"^(?:https?://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::\d{1,5})?(?:/\S*)?$"
+)
+# The shell form of Ollama's own client reading OLLAMA_HOST (envconfig.Host, ConnectableHost):
+# no scheme means http and port 11434, http:// alone port 80, https:// 443; 0.0.0.0 and [::]
+# (listen everywhere) are reached on loopback.
+OLLAMA_URL_SH = r"""tk_ollama_url() {
+  tk_h=$1; tk_s=http; tk_d=11434; tk_p=
+  case $tk_h in *://*) tk_s=${tk_h%%://*}; tk_h=${tk_h#*://}; tk_d=80
+    [ "$tk_s" = https ] && tk_d=443 ;; esac
+  case $tk_h in */*) tk_p=/${tk_h#*/}; tk_p=${tk_p%/}; tk_h=${tk_h%%/*} ;; esac
+  case $tk_h in \[*\]:*) ;; \[*) tk_h=$tk_h:$tk_d ;; *:*) ;; *) tk_h=$tk_h:$tk_d ;; esac
+  case $tk_h in :*) tk_h=127.0.0.1$tk_h ;; 0.0.0.0:*) tk_h=127.0.0.1:${tk_h#*:} ;;
+    \[::\]:*) tk_h=[::1]:${tk_h##*]:} ;; esac
+  printf '%s://%s%s' "$tk_s" "$tk_h" "$tk_p"
+}"""
 OLLAMA_NAME = re.compile(
     r"^(?:[a-z0-9][a-z0-9._-]*/){0,2}[a-z0-9][a-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 )
@@ -79,6 +101,7 @@ class Ollama(Runtime):
         "sha256": Key((str,)),  # release: the archive's digest, instead of sha256sum.txt
         "mirror": Key((str,)),  # release: replaces https://github.com in download URLs
         "path": Key((str,)),  # present: the ollama binary
+        "url": Key((str,)),  # present: a running Ollama to adopt, as OLLAMA_HOST writes it
         "port": Key((int,)),  # the daemon's port (default: the next free engine port)
         "models_dir": Key((str,)),  # OLLAMA_MODELS (default: <data dir>/ollama/models)
         "user": Key((str,)),  # systemd: the daemon's user (default: ollama when root)
@@ -92,6 +115,42 @@ class Ollama(Runtime):
     binaries = ("ollama",)
 
     # -- playbook ----------------------------------------------------------------------------
+
+    def check_conf(self, conf: PosDict) -> None:
+        url = conf.get("url")
+        if url is None:
+            return
+        if not OLLAMA_HOST.match(url):
+            raise conf.vpos_of("url").error(
+                f'runtimes.ollama.url "{url}" is not an address Ollama listens on '
+                "([http://]host[:port], as OLLAMA_HOST writes it, e.g. 127.0.0.1:11434)"
+            )
+        if conf.get("install", "auto") not in ("auto", "present"):
+            raise conf.vpos_of("url").error(
+                f"runtimes.ollama.url names a running Ollama to adopt (install: present); with "
+                f"install: {conf['install']} toolkit runs its own on port: (remove url:)"
+            )
+        if conf.get("path"):
+            raise conf.vpos_of("url").error(
+                "runtimes.ollama.url adopts a running Ollama, path: runs one as toolkit's "
+                "service: keep one of them"
+            )
+
+    def facts_probe(self, spec: RuntimeSpec) -> str:
+        """Is an Ollama answering /api/version where ``present`` would adopt one: at ``url:``,
+        or, when no ollama is on PATH, at $OLLAMA_HOST (else 127.0.0.1:11434)? Reports
+        ``probed_ollama_daemon=<url> <version or ->``."""
+        if spec.install not in ("auto", "present") or spec.conf.get("path"):
+            return ""
+        url = spec.conf.get("url")
+        where = quote(url) if url else '"${OLLAMA_HOST:-}"'
+        probe = (
+            f"{OLLAMA_URL_SH}\ntk_u=$(tk_ollama_url {where})\n"
+            f'tk_v=$(tk_http_get "$tk_u{HEALTH_PATH}" | '
+            """sed -n 's/.*"version" *: *"\\([^"]*\\)".*/\\1/p')\n"""
+            'tk_fact probed_ollama_daemon "$tk_u ${tk_v:--}"'
+        )
+        return probe if url else f"if ! command -v ollama >/dev/null 2>&1; then\n{probe}\nfi"
 
     def check_model(self, model: ModelSpec, conf: PosDict) -> None:
         pulled = model.source.get("ollama")
@@ -114,9 +173,14 @@ class Ollama(Runtime):
     def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
         conf = spec.conf
         found = conf.get("path") or facts.binaries.get("ollama")
+        daemon, _, daemon_version = (facts.probed.get("ollama_daemon") or "").partition(" ")
+        answering = daemon_version not in ("", "-")
         strategy = spec.install
         if strategy == "auto":
-            strategy = "present" if found else "package" if facts.termux else "release"
+            present = found or answering or conf.get("url")
+            strategy = "present" if present else "package" if facts.termux else "release"
+        if strategy == "present" and (conf.get("url") or not found):
+            return self._adopt(conf, daemon, daemon_version if answering else None, data_dir)
         install = Install(strategy, files=[File(HELPER_RELPATH, lambda ctx: HELPER.read_bytes())])
         install.details["models_dir"] = conf.get("models_dir") or f"{data_dir}/ollama/models"
         install.details["conf_port"] = conf.get("port")
@@ -126,11 +190,6 @@ class Ollama(Runtime):
             user = "ollama"
         install.details["user"] = None if user == "root" else user
         if strategy == "present":
-            if not found:
-                raise ToolkitError(
-                    "Ollama install: present, but no ollama on PATH; set runtimes.ollama.path "
-                    "or use install: release"
-                )
             install.reason = f"ollama found at {found}"
             install.details["binary"] = found
             self._add_user(install, data_dir)
@@ -173,6 +232,28 @@ class Ollama(Runtime):
         self._add_user(install, data_dir)
         return install
 
+    def _adopt(self, conf: dict, url: str, version: str | None, data_dir: str) -> Install:
+        """A running Ollama toolkit did not start: used as it is, never started nor stopped."""
+        where = "runtimes.ollama.url" if conf.get("url") else "$OLLAMA_HOST, else 127.0.0.1:11434"
+        if version is None:
+            tried = f"{url}{HEALTH_PATH}" if url else "its address"
+            raise ToolkitError(
+                f"Ollama install: present, but no ollama on PATH and no Ollama answering "
+                f"{tried} ({where}); start that Ollama, set runtimes.ollama.url (a running "
+                "one) or path (a binary), or use install: release"
+                if not conf.get("url")
+                else f"Ollama install: no Ollama answers {tried} ({where}); start it, or fix "
+                "runtimes.ollama.url"
+            )
+        why = "runtimes.ollama.url" if conf.get("url") else "no ollama on PATH"
+        install = Install(
+            "present",
+            f"adopted the running Ollama {version} at {url} ({why}); toolkit does not stop it",
+            files=[File(HELPER_RELPATH, lambda ctx: HELPER.read_bytes())],
+        )
+        install.details.update(url=url, adopted=True, version=version)
+        return install
+
     def _add_user(self, install: Install, data_dir: str) -> None:
         user = install.details["user"]
         if user:
@@ -192,6 +273,16 @@ class Ollama(Runtime):
         self, install: Install, models: list[tuple[ModelSpec, ModelFile | None]],
         ports: Ports, data_dir: str,
     ) -> list[Served]:  # fmt: skip
+        if install.details.get("adopted"):
+            url = install.details["url"]
+            split = urlsplit(url)
+            port = split.port or (443 if split.scheme == "https" else 80)
+            backend = {"url": url, "runtime": "ollama"}
+            return [
+                Served(model, port, None, {**backend, "model": ollama_name(model)}, "chat",
+                       health_url=f"{url}{HEALTH_PATH}")
+                for model, _placed in models
+            ]  # fmt: skip
         port = install.details.get("port") or ports.take(install.details.get("conf_port"))
         install.details["port"] = port
         service = Service(
@@ -243,7 +334,8 @@ class OllamaModel(Resource):
         self.record = f"ollama/imports/{re.sub(r'[^A-Za-z0-9._-]', '-', self.name)}"
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.install.details['port']}"
+        details = self.install.details
+        return details.get("url") or f"http://127.0.0.1:{details['port']}"
 
     def create_request(self) -> dict[str, Any]:
         args = self.model.args
@@ -295,23 +387,50 @@ class OllamaModel(Resource):
                 record_value=self.record_value(),
             )
         python, helper = ctx.path("venv/bin/python"), ctx.path(HELPER_RELPATH)
-        result = ctx.conn.run(f"{quote(python)} {quote(helper)} ensure {quote(json.dumps(spec))}",
-                              timeout=7200)  # fmt: skip
-        events = []
-        for line in result.stdout.splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
         verb = "pull" if "pull" in spec else "import"
-        progress = ctx.progress(f"{verb} {self.name}")
-        for event in events:
-            if progress and "total" in event:
-                progress(int(event.get("completed") or 0), int(event["total"]))
+        progress = PullProgress(ctx, f"{verb} {self.name}")
+        result = ctx.conn.run(
+            f"{quote(python)} {quote(helper)} ensure {quote(json.dumps(spec))}",
+            timeout=7200,
+            on_stdout=progress.feed,
+        )
+        progress.feed(b"\n")  # a last line without its newline
+        events = progress.events
         if result.rc != 0 or not events or "result" not in events[-1]:
             error = events[-1].get("error") if events else None
             detail = error or (result.stderr.strip() or result.stdout.strip())[-500:]
             raise ToolkitError(f"Ollama {verb} of {self.name} failed: {detail}")
+
+
+class PullProgress:
+    """Ollama's NDJSON progress, read as the host's helper prints it, shown as toolkit's progress
+    while the pull runs: one bar per layer (Ollama pulls a model's layers one after the other,
+    each with its own total), as Ollama's own CLI draws them."""
+
+    def __init__(self, ctx: HostContext, label: str):
+        self.ctx = ctx
+        self.label = label
+        self.partial = b""  # the start of a line whose end has not come yet
+        self.events: list[dict[str, Any]] = []
+        self.bars: dict[str, Any] = {}  # layer (digest, else status) -> progress callback
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            self.events.append(event)
+            if isinstance(event.get("total"), int) and event["total"] > 0:
+                layer = str(event.get("digest") or event.get("status") or "")
+                if layer not in self.bars:
+                    status = str(event.get("status") or "")
+                    self.bars[layer] = self.ctx.progress(f"{self.label}: {status}".rstrip(": "))
+                if self.bars[layer]:
+                    self.bars[layer](int(event.get("completed") or 0), event["total"])
 
 
 class DaemonUser(Resource):

@@ -105,9 +105,8 @@ def import_file(base: str, spec: dict) -> None:
         present = False
     if not present:
         size = os.path.getsize(spec["file"])
-        say(
-            {"status": f"copying {digest[:19]} from the placed file", "total": size, "completed": 0}
-        )
+        status = f"copying {digest[:19]} from the placed file"
+        say({"status": status, "digest": digest, "total": size, "completed": 0})
         with open(spec["file"], "rb") as body:
             request = urllib.request.Request(
                 f"{base}/api/blobs/{digest}",
@@ -119,7 +118,7 @@ def import_file(base: str, spec: dict) -> None:
                 urllib.request.urlopen(request, timeout=3600).close()
             except urllib.error.HTTPError as exc:
                 raise OllamaError(error_text(exc.read(), exc.code)) from None
-        say({"status": f"copied {digest[:19]}", "total": size, "completed": size})
+        say({"status": f"copied {digest[:19]}", "digest": digest, "total": size, "completed": size})
     create = {"model": spec["name"], "files": {spec["filename"]: digest}, "stream": True}
     create.update(spec.get("create") or {})
     stream(call(f"{base}/api/create", create, timeout=3600))
