@@ -270,3 +270,77 @@ def test_present_uses_the_found_wasmedge_and_its_plugin_folder():
     assert [r.id for r in install.resources] == [
         f"release-file:runtimes/llamaedge-{LLAMAEDGE}/llama-api-server.wasm"
     ]
+
+
+def unpacked_wasmedge(mirror: ReleaseMirror, version: str, dest: Path) -> Path:
+    """A WasmEdge as its installer leaves it (bin/ lib/ plugin/), from the mirror's archives."""
+    base = f"/WasmEdge/WasmEdge/releases/download/{version}"
+    unpack(mirror.files[f"{base}/WasmEdge-{version}-ubuntu20.04_x86_64.tar.gz"], dest)
+    unpack(
+        mirror.files[f"{base}/WasmEdge-plugin-wasi_nn-ggml-{version}-ubuntu20.04_x86_64.tar.gz"],
+        dest / "plugin",
+    )
+    return dest / "bin" / "wasmedge"
+
+
+def test_present_wasmedge_whose_plugin_is_of_another_version_is_refused_before_any_change(
+    tmp_path, gemma_gguf
+):
+    """A WasmEdge found on the host with a wasi_nn plugin built for another version: the facts
+    probe sees that ``--nn-preload`` is not among its options, and the host fails at plan time
+    with both versions and the fix; nothing is installed or started."""
+    with ReleaseMirror() as mirror:
+        mirror.add_wasmedge(NEW_WASMEDGE, plugin_version=WASMEDGE)
+        mirror.add_llamaedge(LLAMAEDGE)
+        wasmedge = unpacked_wasmedge(mirror, NEW_WASMEDGE, tmp_path / "opt-wasmedge")
+        runtime = {"install": "present", "path": str(wasmedge), "mirror": mirror.url}
+        ws = RuntimeSite(tmp_path / "site", wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+        try:
+            result = ws.apply()
+            out = result.stdout + result.stderr
+            assert result.returncode != 0, out
+            assert re.search(r"localhost: FAILED: WasmEdge install: present", out), out
+            assert f"version {NEW_WASMEDGE}" in out and f"built for WasmEdge {WASMEDGE}" in out
+            assert f"{tmp_path}/opt-wasmedge/plugin" in out and "install: release" in out, out
+            assert recap(out)[1:] == (0, 1), out
+            assert not mirror.gets()  # not even LlamaEdge's wasm was fetched
+            assert not ws.processes() and not (ws.data / "supervisor").exists()
+        finally:
+            ws.down()
+            ws.kill_leftovers()
+
+
+def test_present_wasmedge_whose_plugin_loads_is_used(tmp_path, gemma_gguf):
+    with ReleaseMirror() as mirror:
+        mirror.add_wasmedge(NEW_WASMEDGE)
+        mirror.add_llamaedge(LLAMAEDGE)
+        wasmedge = unpacked_wasmedge(mirror, NEW_WASMEDGE, tmp_path / "opt-wasmedge")
+        runtime = {"install": "present", "path": str(wasmedge), "mirror": mirror.url}
+        ws = RuntimeSite(tmp_path / "site", wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+        result = ws.apply("--check")
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, out  # changes planned, none refused
+        assert f"WasmEdge+LlamaEdge: present (wasmedge found at {wasmedge}" in out, out
+
+
+def test_release_whose_plugin_is_of_another_version_fails_the_host_when_it_starts(
+    tmp_path, gemma_gguf
+):
+    """A mirror whose plugin archive was built for another WasmEdge (its checksum matches the
+    mirror's own SHA256SUM): only starting it shows the mismatch. The crash watch fails the host
+    as soon as the service exits, with WasmEdge's own line in the recap."""
+    with ReleaseMirror() as mirror:
+        mirror.add_wasmedge(WASMEDGE, plugin_version=NEW_WASMEDGE)
+        mirror.add_llamaedge(LLAMAEDGE)
+        runtime = {"install": "release", "version": WASMEDGE, "mirror": mirror.url}
+        ws = RuntimeSite(tmp_path, wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+        try:
+            result = ws.apply()
+            out = result.stdout + result.stderr
+            assert result.returncode != 0, out
+            assert "engine-gemma-wasm exited while apply waited on its health" in out, out
+            assert "unknown option: nn-preload" in out, out
+            assert f"built for WasmEdge {NEW_WASMEDGE}" in out, out
+        finally:
+            ws.down()
+            ws.kill_leftovers()

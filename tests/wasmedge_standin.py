@@ -8,6 +8,8 @@ a stand-in ``llama-api-server.wasm`` (a valid wasm module whose custom section
 ``release`` path. It is a stand-in, not WasmEdge: it fails and answers as the documented ones do.
 
 - ``wasmedge --version``: ``wasmedge version X``;
+- ``wasmedge --help``: its options, ``--nn-preload`` among them only when the wasi_nn plugin
+  loaded (WasmEdge adds a plugin's options to its command line when it loads the plugin);
 - ``lib/libwasmedge.so.0`` must be there, as the dynamic loader would insist;
 - the ``wasi_nn`` plugin (``libwasmedgePluginWasiNN.so``) is looked up in ``$WASMEDGE_PLUGIN_PATH``
   then ``<prefix>/plugin``; one that is missing or built for another WasmEdge version is not
@@ -55,15 +57,16 @@ def wasi_nn_loaded() -> bool:
     """Is a wasi_nn plugin of this WasmEdge's version found where WasmEdge looks?"""
     dirs = [d for d in os.environ.get("WASMEDGE_PLUGIN_PATH", "").split(":") if d]
     dirs.append(str(PREFIX / "plugin"))
-    for folder in dirs:
+    for folder in dict.fromkeys(os.path.realpath(d) for d in dirs):  # each folder once
         plugin = Path(folder) / PLUGIN
         if plugin.is_file():
-            marker = plugin.read_bytes()
-            wanted = f"WasmEdge plugin API version {VERSION}\n".encode()
-            if wanted in marker:
+            marker = plugin.read_bytes().decode(errors="replace").strip()
+            built_for = marker.rsplit(" ", 1)[-1]
+            if built_for == VERSION:
                 return True
             print(
-                f"[error] Plugin: {plugin}: API version is not match to current version {VERSION}",
+                f"[error] Plugin: {plugin}: built for WasmEdge {built_for}, its API version is "
+                f"not match to current version {VERSION}",
                 file=sys.stderr,
             )
     return False
@@ -112,6 +115,11 @@ def main(argv: list[str]) -> int:
             127,
         )
     nn = wasi_nn_loaded()
+    if argv[:1] in (["--help"], ["-h"]):
+        options = ["--dir", "--env", "--reactor", "--enable-all"]
+        print("USAGE\n\twasmedge [OPTIONS] [--] WASM_OR_SO [ARG ...]\n\nOPTIONS")
+        print("\n".join(f"\t{o}" for o in options + (["--nn-preload"] if nn else [])))
+        return 0
     preloads, envs, i = [], {}, 0
     while i < len(argv) and argv[i].startswith("--"):
         option = argv[i][2:]

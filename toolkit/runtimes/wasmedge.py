@@ -7,7 +7,10 @@ Install strategies:
   option), laid out as WasmEdge's installer does (``bin/ lib/ include/ plugin/``) under the data
   dir, checked against the release's ``SHA256SUM`` (or ``sha256:`` / ``plugin_sha256:``);
 - ``present``: a ``wasmedge`` already on the host (on PATH or at ``path:``), its plugin where
-  that install keeps it;
+  that install keeps it. The facts probe asks that ``wasmedge --help`` (with the plugin path the
+  services get) whether ``--nn-preload`` is an option: WasmEdge adds it when the wasi_nn plugin
+  loads, and loads none of another version; a host where it does not load fails before anything
+  is changed, with WasmEdge's version, its own words on the plugin, and the fix;
 - ``auto``: present when found, else release.
 
 Either way ``llama-api-server.wasm`` is pinned by ``llamaedge_version:`` and checked against
@@ -28,6 +31,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import ToolkitError, did_you_mean
+from toolkit.hosts.connection import quote
 from toolkit.resources.archive import Archive, Release
 from toolkit.resources.base import Change, HostContext
 from toolkit.runtimes import prompt_templates
@@ -119,6 +123,40 @@ class WasmEdge(Runtime):
 
     # -- install -----------------------------------------------------------------------------
 
+    def facts_probe(self, spec: RuntimeSpec) -> str:
+        """For ``present``: the found wasmedge's version and whether its wasi_nn plugin loads
+        (``probed_wasmedge_wasi_nn``: ``loaded``, or ``missing`` and WasmEdge's error line)."""
+        if spec.install not in ("auto", "present"):
+            return ""
+        path = spec.conf.get("path")
+        found = quote(path) if path else "$(command -v wasmedge 2>/dev/null)"
+        return f"""tk_we={found}
+if [ -n "$tk_we" ] && [ -x "$tk_we" ]; then
+  tk_wp=${{tk_we%/*}}; tk_wp=${{tk_wp%/*}}
+  tk_fact probed_wasmedge_version "$("$tk_we" --version 2>&1 | tail -n 1)"
+  tk_wh=$(WASMEDGE_PLUGIN_PATH="$tk_wp/plugin" LD_LIBRARY_PATH="$tk_wp/lib" "$tk_we" --help 2>&1)
+  case $tk_wh in
+    *--nn-preload*) tk_fact probed_wasmedge_wasi_nn loaded ;;
+    *) tk_fact probed_wasmedge_wasi_nn "missing $(printf '%s\n' "$tk_wh" | grep -i -m 1 plugin)" ;;
+  esac
+fi"""
+
+    def _check_plugin(self, found: str, plugin_dir: str, facts: Facts) -> None:
+        """Refuse a found WasmEdge whose wasi_nn plugin does not load: every model's service
+        would exit at once with ``unknown option: nn-preload``."""
+        state, _, said = facts.probed.get("wasmedge_wasi_nn", "").partition(" ")
+        if state != "missing":
+            return
+        version = facts.probed.get("wasmedge_version") or "of unknown version"
+        said = said.strip() or f"no {PLUGIN_FILE} in {plugin_dir}"
+        raise ToolkitError(
+            f"WasmEdge install: present, but the {version} at {found} does not load its wasi_nn "
+            f"plugin from {plugin_dir} (WasmEdge says: {said}), so --nn-preload would be an "
+            f"unknown option: put the wasi_nn-ggml plugin of that same WasmEdge version "
+            f"(WasmEdge-plugin-wasi_nn-ggml-<version>-<platform>.tar.gz) in {plugin_dir}, or "
+            "use install: release (runtime and plugin of one version)"
+        )
+
     def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
         conf = spec.conf
         found = conf.get("path") or facts.binaries.get("wasmedge")
@@ -140,6 +178,7 @@ class WasmEdge(Runtime):
                 )
             prefix = found.rsplit("/", 2)[0] if found.count("/") >= 2 else ""
             install.reason = f"wasmedge found at {found}"
+            self._check_plugin(found, f"{prefix}/plugin", facts)
             install.details.update(
                 wasmedge=found, plugin_dir=f"{prefix}/plugin", lib_dir=f"{prefix}/lib"
             )
