@@ -344,3 +344,59 @@ def test_release_whose_plugin_is_of_another_version_fails_the_host_when_it_start
         finally:
             ws.down()
             ws.kill_leftovers()
+
+
+def test_mirror_without_the_release_names_the_url_and_the_key(tmp_path, mirror, gemma_gguf):
+    runtime = {"install": "release", "version": "9.9.9", "mirror": mirror.url}
+    ws = RuntimeSite(tmp_path, wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+    try:
+        result = ws.apply()
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out
+        assert f"{mirror.url}/WasmEdge/WasmEdge/releases/download/9.9.9/" in out, out
+        assert "404" in out and "runtimes.wasmedge.mirror" in out, out
+        assert not list(ws.data.glob("runtimes/wasmedge*")), list(ws.data.glob("runtimes/*"))
+    finally:
+        ws.down()
+        ws.kill_leftovers()
+
+
+def test_wasm_with_another_sha256_is_refused_and_not_placed(tmp_path, mirror, gemma_gguf):
+    runtime = {"install": "release", "version": WASMEDGE, "mirror": mirror.url,
+               "llamaedge_sha256": "0" * 64}  # fmt: skip
+    ws = RuntimeSite(tmp_path, wasmedge_play(free_port(), runtime), gguf=gemma_gguf)
+    try:
+        result = ws.apply()
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out
+        assert mirror.wasm_sha in out and "0" * 64 in out, out
+        assert not list(ws.data.glob("runtimes/llamaedge*/*.wasm"))
+    finally:
+        ws.down()
+        ws.kill_leftovers()
+
+
+@pytest.mark.parametrize(
+    "runtime, key, fragment",
+    [
+        ("wasmedge", "mirorr", 'did you mean "mirror"?'),
+        ("ollama", "modles_dir", 'did you mean "models_dir"?'),
+    ],
+)
+def test_unknown_key_of_a_runtime_is_refused_with_file_line_and_did_you_mean(
+    tmp_path, runtime, key, fragment
+):
+    import yaml
+
+    model = {"name": "m", "runtime": runtime, "source": {"path": str(tmp_path / "m.gguf")},
+             "sha256": GEMMA_SHA256}  # fmt: skip
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    play = [{"hosts": "all", "runtimes": {runtime: {key: "x"}}, "models": [model]}]
+    path = tmp_path / "play.yml"
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n")
+    with pytest.raises(ConfigError) as caught:
+        load_site(path, tmp_path / "hosts.yml")
+    message = str(caught.value)
+    assert re.match(rf"{re.escape(str(path))}:\d+:\d+: unknown key \"{key}\"", message), message
+    assert fragment in message, message
