@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.conftest import GEMMA_SHA256, free_port, processes_mentioning, wait_http_ok
 from tests.runtime_releases import TESTS, standin_executable
@@ -235,3 +236,33 @@ def test_url_is_checked_with_file_and_line(tmp_path, runtime, fragment):
     message = str(caught.value)
     assert re.match(rf"{re.escape(str(path))}:\d+:\d+: ", message), message
     assert fragment in message, message
+
+
+def test_pull_progress_streams_over_ssh_too(tmp_path, daemon, ssh_hosts):
+    """The same held pull on a host reached over real SSH (tests/sshbed.py): its helper's lines
+    cross the SSH channel as they come. The host adopts the daemon named by ``url:``."""
+    host = ssh_hosts[-1]
+    host.clean_home()
+    plays = [{"name": "adopt-over-ssh", "hosts": "all",
+              "runtimes": {"ollama": {"install": "present", "url": daemon.url}},
+              "models": [PULLED]}]  # fmt: skip
+    ws = RuntimeSite(tmp_path / "site", plays)
+    entry = {**host.inventory_vars(),
+             "ansible_ssh_common_args": f"-o UserKnownHostsFile={host.known_hosts}"}  # fmt: skip
+    ws.inventory.write_text(yaml.safe_dump({"all": {"hosts": {host.name: entry}}}))
+    try:
+        rc, events = apply_opening_the_gate(ws, tmp_path / "gate", "pull gemma3:270m")
+        assert rc == 0, "\n".join(json.dumps(e) for e in events)
+        assert (tmp_path / "gate").exists()
+        tags = httpx.get(f"{daemon.url}/api/tags", timeout=10).json()
+        assert [m["name"] for m in tags["models"]] == ["gemma3:270m"]
+    finally:
+        down = ws.down()
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert daemon.proc.poll() is None
+        left = processes_mentioning(host.home)
+        for pid, _ in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        host.clean_home()
+        assert not left, left
