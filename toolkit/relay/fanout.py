@@ -265,6 +265,12 @@ class Fanout:
             for host in list(state.servers):
                 self._stop_server(sha256, host)
 
+    def feeding(self, sha256: str) -> dict[str, str]:
+        """Host -> the source feeding it now, for the blob ``sha256``."""
+        with self._cond:
+            state = self._blobs.get(sha256)
+            return dict(state.upstreams) if state else {}
+
     def servers(self, sha256: str) -> dict[str, RelayServer]:
         state = self._blobs.get(sha256)
         return dict(state.servers) if state else {}
