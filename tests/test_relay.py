@@ -159,3 +159,32 @@ def test_a_relay_killed_mid_stream_its_downstream_falls_back_and_all_converge(co
     assert fanout.fed_by[(sha, victim)] != killed["source"]
     assert_placed_everywhere(contexts, sha)
     assert processes_mentioning(RELAY_MARK) == []
+
+
+def test_a_copy_removed_on_its_host_is_still_relayed(contexts, blob):
+    """An engine archive is deleted once unpacked; its host's relay still holds it open."""
+    path, sha = blob
+    first, second = contexts[0], contexts[1]
+    fanout = Fanout()
+    try:
+        assert place_everywhere([first], path, sha, fanout).errors == {}
+        deadline = time.monotonic() + 30  # the relay holds the copy once it sees it complete
+        while time.monotonic() < deadline and not relay_holds(fanout, first, sha):
+            time.sleep(0.05)
+        local(first, sha).unlink()
+        assert place_everywhere([second], path, sha, fanout).errors == {}
+    finally:
+        fanout.close()
+    assert fanout.fed_by[(sha, second.host.name)] == first.host.name
+    assert fanout.workstation_sends[sha] == 1
+    assert_placed_everywhere([second], sha)
+
+
+def relay_holds(fanout: Fanout, ctx, sha: str) -> bool:
+    """The relay process on ``ctx``'s host has the placed file open."""
+    pid = fanout.servers(sha)[ctx.host.name].pid
+    target = str(local(ctx, sha))
+    try:
+        return any(os.readlink(fd) == target for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False

@@ -36,14 +36,34 @@ BLOCK = 1 << 20
 POLL_S = 0.02
 
 
+class Kept:
+    """The complete copy, held open once seen: it can still be served after the host removes it
+    (an engine archive is deleted once unpacked)."""
+
+    fd = None
+
+    @classmethod
+    def keep(cls, final, size):
+        while cls.fd is None:
+            try:
+                if os.stat(final).st_size == size:
+                    cls.fd = os.open(final, os.O_RDONLY)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+
 def current_copy(partial, final, size):
     """(path, inode) of the copy to read now: the growing PARTIAL, else a complete FINAL."""
-    for path in (partial, final):
+    for path in (Kept.fd, partial, final):
+        if path is None:
+            continue
         try:
             info = os.stat(path)
         except OSError:
             continue
-        if path == partial or info.st_size == size:
+        if path == partial or info.st_size == size:  # a complete copy, or one still growing
             return path, info.st_ino
     return None, None
 
@@ -58,7 +78,8 @@ def stream_copy(conn, partial, final, size):
                 path, inode = current_copy(partial, final, size)
                 if path is not None:
                     try:
-                        source = open(path, "rb")  # noqa: SIM115 - kept open across the loop
+                        held = os.dup(path) if isinstance(path, int) else path
+                        source = open(held, "rb")  # noqa: SIM115 - kept open across the loop
                     except OSError:
                         source = None
             if source is not None:
@@ -107,6 +128,7 @@ def serve(address, partial, final, size, token):
             threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
+    threading.Thread(target=Kept.keep, args=(final, size), daemon=True).start()
     while True:  # until the SSH channel (or the workstation by pid) ends us
         time.sleep(HEARTBEAT_S)
         try:
