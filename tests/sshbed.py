@@ -26,6 +26,12 @@ end of a veth pair, the only address of the namespace this machine can reach, an
 hosts listen on the namespace's own loopback (127.0.0.1 inside it, at a port this bed holds
 closed on the machine's loopback, so a direct attempt is refused). Needs ``ip`` (iproute2).
 
+or a bed of hosts on a switched network (``switched=True``): each sshd in a network namespace of
+its own, all joined by a bridge in a "switch" namespace, which this machine (the workstation)
+reaches through a veth of its own; with ``rate_mbit`` every link (each host's, and the
+workstation's uplink) is limited to that rate in each direction (``tc qdisc ... tbf``). Hosts
+reach each other on the bridge (their addresses are ``host.address``). Needs ``ip`` and ``tc``.
+
 Needs root (to run sshd and create users) and the Debian packages openssh-server and sudo.
 Without them the tests that use the bed fail, saying what is missing; set TOOLKIT_SKIP_SSHBED=1
 to skip them instead on a machine that cannot have them.
@@ -95,7 +101,8 @@ class BedHost:
 
     @property
     def known_hosts_line(self) -> str:
-        return f"[{self.address}]:{self.port} {self.host_key}"
+        where = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        return f"{where} {self.host_key}"
 
     @property
     def pid(self) -> int | None:
@@ -123,7 +130,16 @@ class BedHost:
 class SSHBed:
     """Starts ``count`` sshd hosts; use as a context manager or call start() / stop()."""
 
-    def __init__(self, count: int = 4, sudo: Sequence[str] = (), behind_jump: bool = False):
+    def __init__(
+        self,
+        count: int = 4,
+        sudo: Sequence[str] = (),
+        behind_jump: bool = False,
+        switched: bool = False,
+        rate_mbit: float | None = None,
+    ):
+        if behind_jump and switched:
+            raise ValueError("a bed is either behind a jump host or switched, not both")
         if count < (2 if behind_jump else 1):
             raise ValueError("count must be at least 1 (2 behind a jump host)")
         for kind in sudo:
@@ -141,7 +157,11 @@ class SSHBed:
         self._sudoers: list[Path] = []
         self._stopped = False
         self.behind_jump = behind_jump
+        self.switched = switched
+        self.rate_mbit = rate_mbit
         self.netns: str | None = None
+        self.namespaces: list[str] = []  # the switched bed's: the switch's, then each host's
+        self.workstation_address: str | None = None  # this machine on the switched network
         self._held_ports: list[socket.socket] = []  # ports kept closed on this machine
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -170,6 +190,11 @@ class SSHBed:
                 if shutil.which("ip") is None:
                     raise BedUnavailable("ip is missing (apt-get install iproute2)")
                 self._make_namespace()
+            if self.switched:
+                for tool in ("ip", "tc"):
+                    if shutil.which(tool) is None:
+                        raise BedUnavailable(f"{tool} is missing (apt-get install iproute2)")
+                self._make_switch()
             for host in self.hosts:
                 self._launch(host)
             for host in self.hosts:
@@ -193,6 +218,9 @@ class SSHBed:
         if self.netns is not None:
             subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
             self.netns = None
+        for namespace in reversed(self.namespaces):  # the workstation's veth goes with the switch
+            subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+        self.namespaces = []
         for held in self._held_ports:
             held.close()
         for host in self.hosts:
@@ -302,8 +330,65 @@ class SSHBed:
             host.address = f"{subnet}.2" if index == 0 else "127.0.0.1"
             host.direct = index == 0
 
+    def _make_switch(self) -> None:
+        """A namespace per host, each with a veth to a bridge in a switch namespace, and a veth
+        from this machine to that bridge; every link rate-limited both ways when asked."""
+        tag = f"{self.slot}x{secrets.token_hex(2)}"
+        switch = f"tksw{tag}"
+        subnet = f"10.{244 + self.slot % 4}.{secrets.randbelow(254) + 1}"
+        self.namespaces.append(switch)
+        self._ip(["netns", "add", switch])
+        self._ip(["-n", switch, "link", "add", "br0", "type", "bridge"])
+        self._ip(["-n", switch, "link", "set", "br0", "up"])
+        self._ip(["-n", switch, "link", "set", "lo", "up"])
+        # the workstation: tkw<tag> here, its peer a port of the bridge
+        here, port = f"tkw{tag}", f"tkw{tag}p"
+        self._ip(["link", "add", here, "type", "veth", "peer", "name", port])
+        self._ip(["link", "set", port, "netns", switch])
+        self._ip(["-n", switch, "link", "set", port, "master", "br0", "up"])
+        self.workstation_address = f"{subnet}.1"
+        self._ip(["addr", "add", f"{subnet}.1/24", "dev", here])
+        self._ip(["link", "set", here, "up"])
+        self._limit(None, here)
+        self._limit(switch, port)
+        for index, host in enumerate(self.hosts, start=1):
+            namespace = f"tkh{tag}n{index}"
+            self.namespaces.append(namespace)
+            inside, port = f"tkh{tag}e{index}", f"tkh{tag}p{index}"
+            self._ip(["netns", "add", namespace])
+            self._ip(["-n", namespace, "link", "set", "lo", "up"])
+            self._ip(["-n", switch, "link", "add", port, "type", "veth", "peer", "name", inside])
+            self._ip(["-n", switch, "link", "set", inside, "netns", namespace])
+            self._ip(["-n", switch, "link", "set", port, "master", "br0", "up"])
+            host.address = f"{subnet}.{9 + index}"
+            self._ip(["-n", namespace, "addr", "add", f"{host.address}/24", "dev", inside])
+            self._ip(["-n", namespace, "link", "set", inside, "up"])
+            self._limit(namespace, inside)  # the host's upload
+            self._limit(switch, port)  # its download
+            host.netns = namespace
+            host.direct = True
+
+    @staticmethod
+    def _ip(argv: list[str], program: str = "ip") -> None:
+        proc = subprocess.run([program, *argv], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BedUnavailable(f"{program} {' '.join(argv)} failed: {proc.stderr.strip()}")
+
+    def _limit(self, namespace: str | None, device: str) -> None:
+        """``rate_mbit`` out of ``device`` (tbf: a burst of 10 ms, at least 128 KiB, so that
+        the veth's 64 KiB segments pass)."""
+        if not self.rate_mbit:
+            return
+        burst = max(int(self.rate_mbit * 1e6 / 8 / 100), 128 * 1024)
+        where = ["-n", namespace] if namespace else []
+        self._ip([*where, "qdisc", "add", "dev", device, "root", "tbf",
+                  "rate", f"{self.rate_mbit}mbit", "burst", str(burst), "latency", "50ms"],
+                 program="tc")  # fmt: skip
+
     def _launch(self, host: BedHost) -> None:
-        if host.direct:
+        if self.switched:  # alone in its namespace: any port is free there
+            host.port = 22
+        elif host.direct:
             host.port = _free_port()
         else:  # inside the namespace; hold the same port closed on this machine's loopback
             held = socket.socket()

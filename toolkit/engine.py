@@ -26,6 +26,7 @@ from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
 from toolkit.preflight import check_disk, check_memory
+from toolkit.relay.fanout import Fanout
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.model import ModelFile
 from toolkit.runtimes import binaries, facts_probes
@@ -222,6 +223,7 @@ class Engine:
         self.limit = limit
         self.facts_cache = FactsCache()
         self.connections: dict[str, Connection] = {}
+        self.fanout = Fanout()  # models and archives pass from host to host (toolkit/relay)
 
     def connection(self, host: Host) -> Connection:
         if host.unsupported:  # a docker/winrm/... host: refused when a play targets it
@@ -243,6 +245,7 @@ class Engine:
                 with ThreadPoolExecutor(max_workers=max(1, self.options.forks)) as pool:
                     results += list(pool.map(lambda h, p=play: self.run_host(p, h), hosts))
         finally:
+            self.fanout.close()
             for conn in self.connections.values():
                 conn.close()
         return results
@@ -305,6 +308,7 @@ class Engine:
             options=self.options,
             resolved={"pip": design.pip},
             progress=lambda label: self.reporter.progress(host.name, label),
+            fanout=self.fanout,
         )
         pending: set[str] = set()
         for index, resource in enumerate(design.resources):

@@ -26,6 +26,7 @@ tk_fact user "$(id -un 2>/dev/null)"
 tk_fact uid "$(id -u 2>/dev/null)"
 tk_fact home "$HOME"
 tk_fact data_dir "$TK_DATA"
+tk_fact ssh_address "$(printf '%s' "$SSH_CONNECTION" | cut -d' ' -f3)"
 if [ -n "$TERMUX_VERSION" ] || [ -d /data/data/com.termux/files/usr ]; then
   tk_fact termux 1
   tk_fact prefix "${PREFIX:-/data/data/com.termux/files/usr}"
@@ -81,6 +82,7 @@ class Facts:
     uid: int = -1
     home: str = ""
     data_dir: str = ""
+    ssh_address: str = ""  # this host's side of the SSH connection: where other hosts reach it
     termux: bool = False
     prefix: str = ""  # Termux's $PREFIX (its /usr)
     systemd_system: bool = False

@@ -260,7 +260,44 @@ class SSHConnection(Connection):
                     raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
                 raise
 
-    def _upload(self, sftp: paramiko.SFTPClient, local: Path, path: str) -> None:
+    def put_in_place(
+        self,
+        local: Path,
+        remote: str,
+        mode: int = 0o644,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        """Copy ``local`` straight to ``remote`` (no temporary name: the file grows where it
+        is, so a reader on the host can follow it), reporting bytes sent to ``progress``.
+        For callers that own the atomicity (place_blob writes ``<dest>.partial`` and renames
+        it after hashing); ``remote`` is removed first, and again when the upload fails. On a
+        become host this is ``put`` (the file must be root's)."""
+        if self.become_default and self.user != "root":
+            self.put(local, remote, mode)
+            return
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            path = self._expand(remote)
+            self._makedirs(sftp, posixpath.dirname(path) or ".")
+            with contextlib.suppress(OSError):
+                sftp.remove(path)  # a new file, so that a relay reading an old one notices
+            try:
+                self._upload(sftp, local, path, progress)
+                sftp.chmod(path, mode)
+            except BaseException as exc:
+                with contextlib.suppress(OSError, paramiko.SSHException):
+                    sftp.remove(path)
+                if isinstance(exc, OSError):
+                    raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
+                raise
+
+    def _upload(
+        self,
+        sftp: paramiko.SFTPClient,
+        local: Path,
+        path: str,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> None:
         """Write ``local`` to ``path`` in pipelined write requests, then check the size.
 
         To OpenSSH's sftp-server in 255 KiB requests (paramiko sends 32 KiB ones, whose
@@ -271,8 +308,12 @@ class SSHConnection(Connection):
         with open(local, "rb") as source, sftp.open(path, "wb") as target:
             target.MAX_REQUEST_SIZE = SFTP_REQUEST if openssh else target.MAX_REQUEST_SIZE
             target.set_pipelined(True)
+            sent = 0
             while block := source.read(_READ_BLOCK):
                 target.write(block)
+                sent += len(block)
+                if progress is not None:
+                    progress(sent, size)
         landed = sftp.stat(path).st_size
         if landed != size:
             raise OSError(f"{path} has {landed} bytes after the upload, not {size}")

@@ -36,6 +36,8 @@ class HostContext:
     progress: Callable[[str], Callable[[int, int | None], None] | None] = lambda label: None
     # checks that must pass before a fetched model moves to the host (memory and disk room)
     preflight: Callable[[], None] = lambda: None
+    # the run's blob relay (toolkit.relay.fanout.Fanout); None: the workstation pushes each copy
+    fanout: Any = None
 
     def path(self, relative: str) -> str:
         return f"{self.data_dir}/{relative}"
