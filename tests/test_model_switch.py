@@ -222,6 +222,8 @@ def test_a_changed_model_switches_without_dropping_requests(tmp_path) -> None:
         out = switched.stdout + switched.stderr
         assert switched.returncode == 0, out
         assert f"{GEMMA}: switched without a gap ({ENGINE} -> {ALTERNATE}" in out
+        print(f"side by side: {traffic.sent} requests, {len(traffic.failures)} failed;",
+              *[line.strip() for line in out.splitlines() if "switched " in line][-1:])  # fmt: skip
         assert traffic.sent > 0
         assert traffic.failures == [], (traffic.failures[:5], out)
         pids = ws.supervisor_pids()
@@ -234,6 +236,8 @@ def test_a_changed_model_switches_without_dropping_requests(tmp_path) -> None:
             time.sleep(2)
             swapped = ws.apply()
         out = swapped.stdout + swapped.stderr
+        print(f"drain then swap: {traffic.sent} requests, {len(traffic.failures)} failed;",
+              *[line.strip() for line in out.splitlines() if "swapping" in line][-1:])  # fmt: skip
         assert swapped.returncode == 0, out
         assert (
             f"{GEMMA}: unavailable " in out and f"s while swapping ({ALTERNATE} -> {ENGINE}" in out
@@ -262,3 +266,18 @@ def test_the_memory_numbers_behind_the_knob(gemma_gguf) -> None:
     info = read_gguf(gemma_gguf)
     one = gemma_gguf.stat().st_size + kv_cache_bytes(info, 2048)
     assert one < 0.45 * GIB < 2 * one
+
+
+def test_each_manager_removes_one_service_and_leaves_the_others() -> None:
+    import subprocess
+
+    from toolkit.services.definition import Service
+    from toolkit.services.supervisor import Supervisor
+    from toolkit.services.systemd import Systemd
+    from toolkit.services.termux import Termux
+
+    old = Service(ENGINE, "old engine", ["x"], "/srv")
+    for manager in (Supervisor(), Systemd(system=False), Termux()):
+        script = manager.remove_script([old])
+        assert subprocess.run(["sh", "-n", "-c", script], timeout=30).returncode == 0, script
+        assert ENGINE in script and "proxy" not in script and " all" not in script, script
