@@ -7,7 +7,7 @@ services last (they restart when any of their inputs changed in this run).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from toolkit.assets import proxy_dir
@@ -23,20 +23,24 @@ from toolkit.resources.runtime import Virtualenv
 from toolkit.resources.service import Services
 from toolkit.runtimes import RUNTIMES
 from toolkit.runtimes.base import Install, Ports, Served
+from toolkit.services import manifest
 from toolkit.services.definition import Service
 from toolkit.services.manager import ServiceManager
 from toolkit.services.supervisor import Supervisor
 from toolkit.services.systemd import Systemd
 from toolkit.services.termux import DEFAULT_PREFIX, Termux
 from toolkit.site import Play
+from toolkit.switch import DRAIN_RELPATH, Slots, Switch, alternate_name, live_slot, order
 from toolkit.templates import render
 
 HEALTH_CHECK = Path(__file__).with_name("services") / "health_check.py"
 HEALTH_CHECK_RELPATH = "bin/health_check.py"
+DRAIN_CHECK = Path(__file__).with_name("services") / "drain_check.py"
 ROUTES_RELPATH = "proxy/routes.yml"
 KEYS_RELPATH = "proxy/api-keys"
 TLS_CERT_RELPATH = "proxy/tls/cert.pem"
 TLS_KEY_RELPATH = "proxy/tls/key.pem"
+PROXY_SERVICE = "proxy"
 
 
 def choose_manager(play: Play, facts: Facts, host: Host | None = None) -> ServiceManager:
@@ -73,6 +77,13 @@ class HostDesign:
     notices: list[str] = field(default_factory=list)  # for the recap: certificates, warnings
     proxy_scheme: str = "http"  # https when the proxy has a certificate
     keys_file: str | None = None  # the proxy's keys file on the host, when it has keys
+    slots: dict[str, Slots] = field(default_factory=dict)  # switchable models' engine slots
+    switch: Switch | None = None  # the models switching to a new engine in this run
+
+    @property
+    def spares(self) -> list[Service]:
+        """The engine slots not in use: ``down`` stops them too (a switch cut short)."""
+        return [s.spare.service for s in self.slots.values()]
 
     @property
     def pip(self) -> list[str]:
@@ -83,7 +94,11 @@ def copied(relpath: str, source: Path, mode: int = 0o644) -> File:
     return File(relpath, lambda ctx: source.read_bytes(), mode)
 
 
-def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
+def design_host(
+    play: Play, host: Host, facts: Facts, switching: set[str] | None = None, mode: str = ""
+) -> HostDesign:
+    """``switching``: models whose engine moves to its other slot in this run, the ``mode`` of
+    toolkit/switch.py; without it every model stays in the slot the host has it in."""
     data = facts.data_dir
     if not data:
         raise ToolkitError("the host did not report its data dir (is $HOME set?)")
@@ -111,7 +126,11 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
     for install in installs.values():
         resources += install.resources
     resources = merged(resources)  # one install command per package manager
-    resources += [Virtualenv(), copied(HEALTH_CHECK_RELPATH, HEALTH_CHECK)]
+    resources += [
+        Virtualenv(),
+        copied(HEALTH_CHECK_RELPATH, HEALTH_CHECK),
+        copied(DRAIN_RELPATH, DRAIN_CHECK),
+    ]
     for install in installs.values():
         resources += install.files
     resources.append(proxy_code)
@@ -133,6 +152,9 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
                 if input_id not in item.service.inputs:
                     item.service.inputs.append(input_id)
             served[item.model.name] = item
+    slots = engine_slots(play, placed, installs, served, ports, data, facts.services, switching)
+    for name, pair in slots.items():
+        served[name] = pair.wanted
     ordered = [served[m.name] for m in play.models]
     # a daemon toolkit adopted (service None) is neither defined, started nor stopped here
     services = list({i.service.name: i.service for i in ordered if i.service}.values())
@@ -163,8 +185,26 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
         owner = definition.variables.get("service")
         if owner is not None:
             by_name[owner.name].inputs.append(file.id)
-    resources += definition_files
-    resources.append(Services(manager, services, {f.id for f in definition_files}))
+    manifest_file = next(f for f in definition_files if f.relpath == manifest.RELPATH)
+    resources += [f for f in definition_files if f is not manifest_file]
+    services_resource = Services(manager, services, {f.id for f in definition_files})
+    switch = None
+    moving = {name: pair for name, pair in slots.items() if pair.switching}
+    if moving and play.proxy:
+        switch = Switch(
+            mode,
+            moving,
+            {n: (RUNTIMES[p.wanted.model.runtime].metrics_path,
+                 RUNTIMES[p.wanted.model.runtime].in_flight_gauges) for n, p in moving.items()},
+            manager,
+            f"{'https' if play.proxy.tls else 'http'}://127.0.0.1:{play.proxy.port}/metrics",
+            keys_file,
+        )  # fmt: skip
+        routes = next(r for r in resources if getattr(r, "relpath", "") == ROUTES_RELPATH)
+        resources.remove(routes)
+        resources = order(resources, routes, manifest_file, switch, services_resource)
+    else:
+        resources += [services_resource, manifest_file]
     resources += after_start
     return HostDesign(
         resources,
@@ -176,7 +216,52 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
         notices,
         "https" if play.proxy and play.proxy.tls else "http",
         keys_file,
+        slots,
+        switch,
     )
+
+
+def engine_slots(
+    play: Play,
+    placed: dict[str, ModelFile],
+    installs: dict[str, Install],
+    served: dict[str, Served],
+    ports: Ports,
+    data: str,
+    applied: list[str],
+    switching: set[str] | None,
+) -> dict[str, Slots]:
+    """The two engine slots of each model a switch can move (toolkit/switch.py): the primary
+    its runtime served, and an alternate on a port of its own, taken after every primary's so
+    both stay where they are from one run to the next. Behind a proxy only: without one,
+    clients call the engine's port, which must not move."""
+    if not play.proxy:
+        return {}
+    slots: dict[str, Slots] = {}
+    names = {item.service.name for item in served.values()}
+    for model in play.models:
+        runtime = RUNTIMES[model.runtime]
+        if not runtime.in_flight_gauges:
+            continue
+        primary, install = served[model.name], installs[model.runtime]
+        port = ports.take()
+        moved = replace(model, port=port)
+        [alternate] = runtime.serve(install, [(moved, placed.get(model.name))], Ports(port, set()),
+                                    data)  # fmt: skip
+        alternate.model = replace(alternate.model, port=model.port)
+        alternate.service.name = alternate_name(primary.service.name)
+        if alternate.service.name in names:
+            raise ToolkitError(
+                f"model {model.name}: its alternate engine would be called "
+                f"{alternate.service.name}, the name of another model's engine; rename one model"
+            )
+        alternate.service.inputs = list(dict.fromkeys(
+            [*alternate.service.inputs, *install.inputs, "runtime:venv"]))  # fmt: skip
+        pair = (primary, alternate)
+        live = live_slot(primary.service.name, applied)
+        wanted = 1 - live if switching and model.name in switching else live
+        slots[model.name] = Slots(pair[live], pair[wanted], pair[1 - wanted])
+    return slots
 
 
 def design_proxy(
@@ -208,7 +293,7 @@ def design_proxy(
     if proxy.server != "builtin":
         argv += ["--server", proxy.server]
     service = Service(
-        name="proxy",
+        name=PROXY_SERVICE,
         description=f"OpenAI proxy on {proxy.host}:{proxy.port}",
         argv=argv,
         workdir=f"{data}/app",

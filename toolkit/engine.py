@@ -18,19 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.desired import HEALTH_CHECK_RELPATH, HostDesign, design_host, health_spec
+from toolkit.desired import (
+    HEALTH_CHECK_RELPATH,
+    PROXY_SERVICE,
+    HostDesign,
+    design_host,
+    health_spec,
+)
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connect import connect
 from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable, quote
 from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
-from toolkit.preflight import check_disk, check_memory
+from toolkit.preflight import check_disk, check_memory, switch_fits
 from toolkit.relay.fanout import Fanout
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.model import ModelFile
+from toolkit.resources.service import Services
 from toolkit.runtimes import binaries, facts_probes
 from toolkit.site import Play, Site
+from toolkit.switch import switch_mode
 from toolkit.workstation import cache_dir
 
 MARK = "@@toolkit@@"
@@ -52,6 +60,7 @@ class HostResult:
     design: HostDesign | None = None
     seconds: float = 0.0
     round_trips: int = 0
+    switches: dict[str, str] = field(default_factory=dict)  # model -> how its engine switched
 
     @property
     def changed(self) -> int:
@@ -188,6 +197,7 @@ def design_key(facts: Facts) -> tuple:
         tuple(sorted(facts.binaries.items())),
         facts.python3,
         tuple(sorted(facts.probed.items())),
+        tuple(facts.services),
     )
 
 
@@ -310,15 +320,22 @@ class Engine:
             progress=lambda label: self.reporter.progress(host.name, label),
             fanout=self.fanout,
         )
-        pending: set[str] = set()
-        for index, resource in enumerate(design.resources):
-            change = resource.plan(observed.get(index, ""), ctx, pending)
-            if change is None:
-                result.ok += 1
-            else:
-                pending.add(resource.id)
-                result.changes.append(change)
-                self.reporter.change(host.name, change, planned=self.options.check)
+        changes, pending = plan_changes(design, observed, ctx)
+        switching = switching_models(design, observed, pending)
+        if switching:
+            # the changed engines go to their other slot, beside or after the old ones
+            fits = switch_fits(play.models, switching, facts, play.max_memory_gb)
+            design = design_host(play, host, facts, switching, switch_mode(fits))
+            verify = None if self.options.check else health_spec(design, 0)
+            facts, observed = self.probe(conn, data_dir, design.resources, verify, play)
+            check_service_values(design)
+            result.facts = ctx.facts = facts
+            result.design = design
+            changes, pending = plan_changes(design, observed, ctx)
+        result.ok = len(design.resources) - len(changes)
+        for change in changes:
+            result.changes.append(change)
+            self.reporter.change(host.name, change, planned=self.options.check)
         if result.changes:
             ctx.preflight = self.preflight(play, facts, result.changes)
             ctx.preflight()
@@ -337,6 +354,11 @@ class Engine:
             change.resource.apply(change, ctx)
             result.applied += 1
             self.reporter.step_done(host.name, change, time.monotonic() - started)
+        # what services.json says now: the next run's first design needs no second probe
+        facts.services = [s.name for s in design.services]
+        self.facts_cache.save(host, data_dir, facts)
+        if design.switch:
+            result.switches = design.switch.outcome()
         self.verify(ctx, design, result)
 
     @staticmethod
@@ -350,7 +372,7 @@ class Engine:
         ]
 
         def check() -> None:
-            check_memory(play.models, facts)
+            check_memory(play.models, facts, play.max_memory_gb)
             check_disk(placing, play.models, facts, play.max_disk_gb)
 
         return check
@@ -392,6 +414,36 @@ class Engine:
             raise ToolkitError(
                 "verification request failed: " + "; ".join(f"{m}: {e}" for m, e in errors.items())
             )
+
+
+def plan_changes(
+    design: HostDesign, observed: dict[int, str], ctx: HostContext
+) -> tuple[list[Change], set[str]]:
+    """Each resource's change, in order, and the ids of those changing."""
+    pending: set[str] = set()
+    changes = []
+    for index, resource in enumerate(design.resources):
+        change = resource.plan(observed.get(index, ""), ctx, pending)
+        if change is not None:
+            pending.add(resource.id)
+            changes.append(change)
+    return changes, pending
+
+
+def switching_models(design: HostDesign, observed: dict[int, str], pending: set[str]) -> set[str]:
+    """The models whose running engine this plan restarts, where a switch can keep them
+    answering instead (toolkit/switch.py): a per-model engine behind a proxy that runs and
+    stays up in this run."""
+    if not design.slots or design.switch:
+        return set()
+    index, services = next(
+        (i, r) for i, r in enumerate(design.resources) if isinstance(r, Services)
+    )
+    restarts = services.restarts(observed.get(index, ""), pending)
+    running = services.manager.parse_status(observed.get(index, ""), services.services).running
+    if PROXY_SERVICE not in running or PROXY_SERVICE in restarts:
+        return set()
+    return {name for name, slots in design.slots.items() if slots.live.service.name in restarts}
 
 
 def watch_spec(design: HostDesign, data_dir: str) -> dict:
@@ -457,7 +509,8 @@ def stop_all(
             host_play = site.play_for(play, host)
             facts, _ = engine.probe(conn, data_dir, [], play=host_play)
             design = design_host(host_play, host, facts)
-            script = design.manager.stop_script(design.services)
+            # with the engine slots not in use: one a switch cut short may still run
+            script = design.manager.stop_script([*design.services, *design.spares])
             conn.check(
                 f"{PRELUDE}\n{data_dir_assignment(data_dir)}\n{script}",
                 f"stopping services with {design.manager.name}",

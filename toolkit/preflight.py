@@ -7,6 +7,10 @@ or 0, the context it was trained for. Models offloaded to a GPU (``n_gpu_layers`
 on a host whose facts name a GPU with its memory) count against that GPU's memory instead.
 A fixed reserve is left for the system and toolkit's own processes.
 
+``max_memory_gb`` in the play caps the RAM its models may take on each host (a host shared
+with other work). The same numbers decide how a model's engine is switched (toolkit/switch.py):
+old and new side by side when both fit, else one after the other.
+
 Disk: the models a host still lacks, plus a margin, against its free space; and every model file
 of the play against ``max_disk_gb`` when the play sets a quota.
 
@@ -73,10 +77,8 @@ def _gib(count: int) -> str:
     return f"{count / GIB:.1f} GiB"
 
 
-def check_memory(models: list[ModelSpec], facts: Facts) -> None:
-    """ToolkitError with the numbers when the models cannot all be loaded on this host."""
-    if facts.mem_kb <= 0:
-        return  # the host did not say
+def memory_needs(models: list[ModelSpec], facts: Facts) -> tuple[list[ModelNeed], int]:
+    """What each model needs (those whose GGUF is known yet), and the GPU memory there is."""
     vram = gpu_memory(facts)
     needs = []
     for model in models:
@@ -84,20 +86,68 @@ def check_memory(models: list[ModelSpec], facts: Facts) -> None:
         size = _size(model)
         if info is not None and size is not None:
             needs.append(model_need(model, size, info, vram > 0))
-    for where, budget, chosen in (
-        ("RAM", facts.mem_kb * 1024 - MEMORY_RESERVE, [n for n in needs if not n.on_gpu]),
-        ("GPU memory", vram, [n for n in needs if n.on_gpu]),
-    ):
+    return needs, vram
+
+
+def budgets(facts: Facts, vram: int, quota_gb: float | None = None) -> dict[str, int]:
+    """Bytes the models may take, in RAM (less the reserve, and within the play's
+    ``max_memory_gb``) and in GPU memory."""
+    ram = facts.mem_kb * 1024 - MEMORY_RESERVE
+    if quota_gb is not None:
+        ram = min(ram, int(quota_gb * GIB))
+    return {"RAM": ram, "GPU memory": vram}
+
+
+def check_memory(models: list[ModelSpec], facts: Facts, quota_gb: float | None = None) -> None:
+    """ToolkitError with the numbers when the models cannot all be loaded on this host."""
+    if facts.mem_kb <= 0:
+        return  # the host did not say
+    needs, vram = memory_needs(models, facts)
+    for where, budget in budgets(facts, vram, quota_gb).items():
+        chosen = [n for n in needs if n.on_gpu == (where != "RAM")]
         wanted = sum(n.total for n in chosen)
         if chosen and wanted > budget:
             detail = ", ".join(
                 f"{n.name} {_gib(n.weights)} weights + {_gib(n.kv_cache)} KV cache" for n in chosen
             )
+            limit = (
+                f" (max_memory_gb: {quota_gb:g})"
+                if quota_gb is not None and where == "RAM"
+                else f" (after a {_gib(MEMORY_RESERVE)} reserve)"
+                if where == "RAM"
+                else ""
+            )
             raise ToolkitError(
                 f"the models do not fit in {where}: they need {_gib(wanted)} ({detail}), the host "
-                f"has {_gib(budget)} to give (after a {_gib(MEMORY_RESERVE)} reserve); "
+                f"has {_gib(budget)} to give{limit}; "
                 "lower ctx_size or parallel, pick a smaller quantization, or serve fewer models here"
             )
+
+
+def fits_twice(needs: list[ModelNeed], switching: set[str], budget: dict[str, int]) -> bool:
+    """Can the engines of ``switching`` run twice (the old one draining while the new one
+    loads) beside every other model? ``needs`` holds every model of the host; a switching model
+    whose need is not known (its GGUF not read) is never assumed to fit."""
+    known = {n.name for n in needs}
+    if not switching <= known:
+        return False
+    for where, room in budget.items():
+        chosen = [n for n in needs if n.on_gpu == (where != "RAM")]
+        wanted = sum(n.total * (2 if n.name in switching else 1) for n in chosen)
+        if chosen and wanted > room:
+            return False
+    return True
+
+
+def switch_fits(
+    models: list[ModelSpec], switching: set[str], facts: Facts, quota_gb: float | None
+) -> bool:
+    """``fits_twice`` from the GGUF headers and the facts (a host that does not say its RAM:
+    no)."""
+    if facts.mem_kb <= 0:
+        return False
+    needs, vram = memory_needs(models, facts)
+    return fits_twice(needs, switching, budgets(facts, vram, quota_gb))
 
 
 def check_disk(placing: list[ModelSpec], every: list[ModelSpec], facts: Facts,

@@ -171,7 +171,7 @@ class Reporter:
             self._event("host", host=result.host, changed=result.changed, ok=result.ok,
                         failed=result.failed, unreachable=result.unreachable,
                         error=result.error, verify=result.verify,
-                        round_trips=result.round_trips,
+                        switches=result.switches, round_trips=result.round_trips,
                         seconds=round(result.seconds, 3))  # fmt: skip
             return
         if self.verbosity >= 1:
@@ -185,6 +185,8 @@ class Reporter:
             more = " (its log is in the recap below)" if details else ""
             self._echo(f"{result.host}: {word}: {first}{more}", fg="red", bold=True)
             return
+        for model, how in result.switches.items():
+            self._echo(f"{result.host}: {'switched':>12}  {model}: {how}", fg="green")
         for model, check in result.verify.items():
             self._echo(
                 f"{result.host}: {'verified':>12}  {model}: answered in {check['latency_s']:.2f} s, "
@@ -222,6 +224,8 @@ class Reporter:
                         f"{'':<24} {model}: {v.get('kind', 'chat')} {v['latency_s'] * 1000:.0f} ms, "
                         f"{v['tokens_per_s']} tokens/s"
                     )
+            for model, how in r.switches.items():
+                self._echo(f"{'':<24} {model}: {how}")
             for notice in r.design.notices if r.design else []:
                 self._echo(f"{'':<24} {notice}", fg="red" if notice.startswith("warning") else None)
         for host, key in sorted(MADE_THIS_RUN.items()):

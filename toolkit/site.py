@@ -99,6 +99,7 @@ class Play:
     vars: dict[str, Any]
     service_manager: str = "auto"
     max_disk_gb: float | None = None  # quota for the model files of this play on each host
+    max_memory_gb: float | None = None  # memory its models may take on each host (fit checks)
     raw: Any = field(default=None, repr=False)  # the play as written, rendered per host
     index: int = 0
 
@@ -207,6 +208,7 @@ PLAY_KEYS = {
     "proxy": Key((dict,)),
     "service_manager": Key((str,), choices=SERVICE_MANAGERS),
     "max_disk_gb": Key((int, float)),
+    "max_memory_gb": Key((int, float)),
 }
 MODEL_KEYS = {
     "name": Key((str,), required=True),
@@ -268,10 +270,10 @@ def _tls(conf: PosDict) -> str | dict | None:
     return {k: _workstation_file(files[k], files.vpos_of(k), f"proxy tls {k}") for k in TLS_KEYS}
 
 
-def _quota(conf: PosDict) -> float | None:
-    quota = conf.get("max_disk_gb")
+def _quota(conf: PosDict, key: str = "max_disk_gb") -> float | None:
+    quota = conf.get(key)
     if quota is not None and quota <= 0:
-        raise conf.vpos_of("max_disk_gb").error(f"max_disk_gb must be more than 0, got {quota}")
+        raise conf.vpos_of(key).error(f"{key} must be more than 0, got {quota}")
     return quota
 
 
@@ -433,6 +435,7 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
         vars=dict(conf.get("vars") or {}),
         service_manager=conf.get("service_manager", "auto"),
         max_disk_gb=_quota(conf),
+        max_memory_gb=_quota(conf, "max_memory_gb"),
     )
 
 

@@ -45,6 +45,7 @@ fi
 tk_d="$TK_DATA"; while [ ! -d "$tk_d" ] && [ "$tk_d" != "/" ] && [ -n "$tk_d" ]; do tk_d=$(dirname "$tk_d"); done
 tk_fact disk_free_kb "$(df -Pk "$tk_d" 2>/dev/null | awk 'NR==2 {print $4}')"
 tk_fact python3 "$(command -v python3 2>/dev/null)"
+tk_fact services "$(sed -n 's/^ *"name": "\([A-Za-z0-9-]*\)",*$/\1/p' "$TK_DATA/services.json" 2>/dev/null | tr '\n' ' ')"
 if command -v nvidia-smi >/dev/null 2>&1; then
   tk_fact gpu_nvidia "$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | paste -sd ';' -)"
 fi
@@ -97,6 +98,8 @@ class Facts:
     versions: dict[str, str] = field(default_factory=dict)  # name -> version line
     # what runtimes' own probes found (Runtime.facts_probe): key (named after its runtime) -> value
     probed: dict[str, str] = field(default_factory=dict)
+    # the services toolkit last applied here (its services.json): which slot serves a model
+    services: list[str] = field(default_factory=list)
 
     @property
     def init_system(self) -> str:
@@ -129,6 +132,8 @@ def parse_facts(text: str) -> Facts:
             setattr(facts, key, value == "1")
         elif key.startswith("gpu_"):
             facts.gpus += [f"{key[4:]}: {g.strip()}" for g in value.split(";") if g.strip()]
+        elif key == "services":
+            facts.services = value.split()
         elif key.startswith("path_"):
             facts.binaries[key[5:]] = value
         elif key.startswith("version_"):

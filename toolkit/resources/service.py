@@ -22,22 +22,36 @@ class Services(Resource):
     def probe(self, options: RunOptions) -> str:
         return self.manager.probe(self.services)
 
-    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+    def restarts(self, observed: str, pending: set[str]) -> dict[str, list[str]]:
+        """The running services an input change restarts (whoever does it: toolkit, or the
+        manager loading changed definitions): name -> the inputs that changed."""
+        return self._decide(observed, pending)[2]
+
+    def _decide(self, observed: str, pending: set[str]):
         status = self.manager.parse_status(observed, self.services)
-        redefined = bool(self.definition_ids & pending)
-        start, restart, why = [], [], {}
+        start, changed = [], {}
         for service in self.services:
-            changed = [
-                i
-                for i in service.inputs
-                if i in pending
-                and not (self.manager.restarts_redefined and i in self.definition_ids)
-            ]
+            inputs = [i for i in service.inputs if i in pending]
             if service.name not in status.running:
                 start.append(service.name)
-            elif changed:
-                restart.append(service.name)
-                why[service.name] = ", ".join(changed)
+            elif inputs:
+                changed[service.name] = inputs
+        return status, start, changed
+
+    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        status, start, changed = self._decide(observed, pending)
+        redefined = bool(self.definition_ids & pending)
+        restart, why = [], {}
+        for name, inputs in changed.items():
+            # a manager that restarts what it reloads changed (supervisord) restarts those itself
+            shown = [
+                i
+                for i in inputs
+                if not (self.manager.restarts_redefined and i in self.definition_ids)
+            ]
+            if shown:
+                restart.append(name)
+                why[name] = ", ".join(shown)
         if not (start or restart or redefined):
             return None
         parts = []

@@ -13,7 +13,11 @@ validation, design, engine, report) loops over runtimes and never names one:
   toolkit's virtualenv must hold for it;
 - ``model_resources``: what makes a model usable by it (an import, a pull) after the file is placed;
 - ``serve``: the services it runs (one per model, or one daemon for all) and, for each model, the
-  routes-file backend the proxy sends its requests to.
+  routes-file backend the proxy sends its requests to;
+- ``in_flight_gauges``: for a runtime with one engine per model, the gauges of the engine's
+  ``metrics_path`` that count the requests it holds. Naming them lets a changed model switch to a
+  new engine beside the old one, which finishes what it holds first (toolkit/switch.py); the
+  others restart in place.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class Runtime:
     args: dict[str, Key] = {}  # keys of a model's args:
     sources: dict[str, dict[str, Key]] = {}  # source kinds the runtime fetches itself
     binaries: tuple[str, ...] = ()  # programs the facts probe looks for (path_<bin>, version_<bin>)
+    in_flight_gauges: tuple[str, ...] = ()  # engine metrics counting requests held (switchable)
+    metrics_path: str = "/metrics"  # where an engine of this runtime answers those gauges
 
     def check_conf(self, conf: PosDict) -> None:
         """Checks of ``runtimes.<name>`` beyond the schema's types; raise

@@ -68,6 +68,8 @@ def engine_service_name(model: ModelSpec) -> str:
 
 class LlamaCpp(Runtime):
     name = "llamacpp"
+    # one engine per model; with --metrics it counts the requests it runs and those queued
+    in_flight_gauges = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
     label = "llama.cpp"
     strategies = ("auto", "present", "pip", "package", "release", "source")
     keys = {

@@ -116,6 +116,11 @@ class ServiceManager:
         """Shell that stops every service and the manager toolkit started, if any."""
         raise NotImplementedError
 
+    def remove_script(self, services: list[Service]) -> str:
+        """Shell that stops these services (waiting until they have) and removes their
+        definitions, leaving every other service as it is (a model's old engine after a switch)."""
+        raise NotImplementedError
+
     # -- what status and logs read ------------------------------------------------------------
 
     def state_script(self, names: str) -> str:

@@ -142,6 +142,19 @@ class Supervisor(ServiceManager):
             "fi\ntrue\n"
         )
 
+    def remove_script(self, services: list[Service]) -> str:
+        # `stop` returns once the program has stopped; `remove` takes it out of the running
+        # configuration; without its file the next `update` does not bring it back
+        lines = []
+        for s in services:
+            name = quote(s.name)
+            lines.append(
+                f"if {_CTL} pid >/dev/null 2>&1; then {_CTL} stop {name} >/dev/null 2>&1; "
+                f"{_CTL} remove {name} >/dev/null 2>&1; fi"
+            )
+            lines.append(f'rm -f "$TK_DATA"/supervisor/programs/{quote(s.name + ".conf")}')
+        return "\n".join(lines) + "\ntrue\n"
+
     def state_script(self, names: str) -> str:
         return (
             f'{{ [ -x "$TK_DATA/venv/bin/supervisorctl" ] && {_CTL} status 2>&1; }} | '

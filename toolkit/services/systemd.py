@@ -91,8 +91,18 @@ class Systemd(ServiceManager):
         return "\n".join(lines) + "\n"
 
     def stop_script(self, services: list[Service]) -> str:
-        units = " ".join(quote(unit_name(s)) for s in services)
-        return f"{self.ctl} disable --now {units} 2>/dev/null; true\n"
+        # one unit at a time: a unit that is not there (a model's spare slot) stops no other
+        lines = [f"{self.ctl} disable --now {quote(unit_name(s))} 2>/dev/null" for s in services]
+        return "\n".join(lines) + "\ntrue\n"
+
+    def remove_script(self, services: list[Service]) -> str:
+        lines = []
+        for s in services:
+            unit = quote(unit_name(s))
+            lines.append(f"{self.ctl} disable --now {unit} >/dev/null 2>&1")
+            lines.append(f'rm -f "$TK_DATA"/systemd/{unit}')
+        lines.append(f"{self.ctl} daemon-reload")
+        return "\n".join(lines) + "\ntrue\n"
 
     def state_script(self, names: str) -> str:
         return (

@@ -157,6 +157,17 @@ class Termux(ServiceManager):
             lines.append(f"{self.bin('termux-wake-unlock')} 2>/dev/null")
         return "\n".join(lines) + "\ntrue\n"
 
+    def remove_script(self, services: list[Service]) -> str:
+        """As ``stop_script`` for these services alone (their directories stay: runsv may still
+        be leaving them, and a later switch back renders them again)."""
+        sv = self.bin("sv")
+        lines = []
+        for s in services:
+            here = f'"$TK_DATA"/termux/{quote(s.name)}'
+            lines.append(f"rm -f {self.link(s)}")
+            lines.append(f"[ -p {here}/supervise/ok ] && {sv} exit {here} >/dev/null 2>&1")
+        return "\n".join(lines) + "\ntrue\n"
+
     def state_script(self, names: str) -> str:
         return (
             f"for tk_s in {names}; do\n"
