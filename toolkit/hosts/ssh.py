@@ -249,16 +249,10 @@ class SSHConnection(Connection):
             parent, name = posixpath.split(path)
             self._makedirs(sftp, parent or ".")
             tmp = posixpath.join(parent, f".{name}.toolkit-{secrets.token_hex(6)}.tmp")
-            try:
+            with self._removed_on_failure(sftp, tmp, remote):
                 self._upload(sftp, local, tmp)
                 sftp.chmod(tmp, mode)
                 sftp.posix_rename(tmp, path)
-            except BaseException as exc:
-                with contextlib.suppress(OSError, paramiko.SSHException):
-                    sftp.remove(tmp)
-                if isinstance(exc, OSError):
-                    raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
-                raise
 
     def put_in_place(
         self,
@@ -281,15 +275,21 @@ class SSHConnection(Connection):
             self._makedirs(sftp, posixpath.dirname(path) or ".")
             with contextlib.suppress(OSError):
                 sftp.remove(path)  # a new file, so that a relay reading an old one notices
-            try:
+            with self._removed_on_failure(sftp, path, remote):
                 self._upload(sftp, local, path, progress)
                 sftp.chmod(path, mode)
-            except BaseException as exc:
-                with contextlib.suppress(OSError, paramiko.SSHException):
-                    sftp.remove(path)
-                if isinstance(exc, OSError):
-                    raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
-                raise
+
+    @contextlib.contextmanager
+    def _removed_on_failure(self, sftp: paramiko.SFTPClient, path: str, remote: str):
+        """Remove ``path`` when the upload into it fails; an OSError names the host and file."""
+        try:
+            yield
+        except BaseException as exc:
+            with contextlib.suppress(OSError, paramiko.SSHException):
+                sftp.remove(path)
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, f"{self.name}: cannot put {remote}: {exc}") from exc
+            raise
 
     def _upload(
         self,

@@ -147,15 +147,10 @@ class Termux(ServiceManager):
         """Unlink each service (runsvdir then leaves it alone) and make its runsv exit, which
         stops the program and its logger. runsvdir stays: it is termux-services' own daemon
         (sshd may be one of its services); packages and models stay too."""
-        sv = self.bin("sv")
-        lines = []
-        for s in services:
-            here = f'"$TK_DATA"/termux/{quote(s.name)}'
-            lines.append(f"rm -f {self.link(s)}")
-            lines.append(f"[ -p {here}/supervise/ok ] && {sv} exit {here} >/dev/null 2>&1")
+        script = self.remove_script(services)
         if self.wake_lock:
-            lines.append(f"{self.bin('termux-wake-unlock')} 2>/dev/null")
-        return "\n".join(lines) + "\ntrue\n"
+            script += f"{self.bin('termux-wake-unlock')} 2>/dev/null\ntrue\n"
+        return script
 
     def remove_script(self, services: list[Service]) -> str:
         """As ``stop_script`` for these services alone (their directories stay: runsv may still
