@@ -229,15 +229,19 @@ def test_verify_checksums_finds_and_replaces_a_damaged_model(site):
 
 
 def test_engine_killed_is_restarted_and_healthy_again(site):
-    engine = f"engine-{GEMMA}"
-    old_pid = site.supervisor_pids()[engine]
+    # the engine in the routes file: the model's primary slot, or its alternate after a switch
+    # (the damaged model replaced above restarts the engine in its other slot)
+    routes = yaml.safe_load((site.data / "proxy/routes.yml").read_text())
+    [backend] = routes["models"][GEMMA]["backends"]
+    running = site.supervisor_pids()
+    [engine] = [name for name in running if name.startswith(f"engine-{GEMMA}")]
+    old_pid = running[engine]
     os.kill(old_pid, signal.SIGKILL)
     wait_for(lambda: site.supervisor_pids().get(engine, old_pid) != old_pid, "a new engine pid")
-    port = site.port + 1
 
     def healthy() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            return httpx.get(f"{backend['url']}/health", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 

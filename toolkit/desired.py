@@ -238,7 +238,7 @@ def engine_slots(
     if not play.proxy:
         return {}
     slots: dict[str, Slots] = {}
-    names = {item.service.name for item in served.values()}
+    names = {item.service.name for item in served.values() if item.service}
     for model in play.models:
         runtime = RUNTIMES[model.runtime]
         if not runtime.in_flight_gauges:
