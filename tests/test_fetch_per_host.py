@@ -27,7 +27,7 @@ from toolkit.hosts.ssh import SSHConnection
 from toolkit.inventory import Host
 from toolkit.resources.base import HostContext, RunOptions
 from toolkit.resources.model import ModelFile, model_relpath
-from toolkit.site import ModelSpec, load_playbook
+from toolkit.site import ModelSpec, load_playbook, load_site
 
 DATA = os.urandom(3 << 20) + b"model"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -304,3 +304,24 @@ def test_a_model_may_keep_workstation_fetching_in_a_per_host_play(tmp_path):
         )
     )
     assert load_playbook(playbook)[0].models[0].fetch == "workstation"
+
+
+def test_a_template_decides_per_host(tmp_path):
+    playbook = tmp_path / "site.yml"
+    playbook.write_text(
+        PLAY.format(
+            play_extra="  fetch: \"{{ model_fetch | default('workstation') }}\"\n",
+            source="{url: 'http://x/m.gguf'}",
+            sha=SHA,
+            model_extra="",
+        )
+    )
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    a: {ansible_connection: local}\n"
+        "    b: {ansible_connection: local, model_fetch: per_host}\n"
+    )
+    site = load_site(playbook, inventory)
+    play = site.plays[0]
+    fetched = {h.name: site.play_for(play, h).models[0].fetch for h in site.inventory.select("all")}
+    assert fetched == {"a": "workstation", "b": "per_host"}
