@@ -15,6 +15,7 @@ from toolkit.credentials import TlsPair, keys_file_content, tls_pair
 from toolkit.errors import ToolkitError
 from toolkit.hosts.facts import Facts
 from toolkit.inventory import Host
+from toolkit.offline import OfflineRefused
 from toolkit.resources.base import HostContext, Resource
 from toolkit.resources.files import File, Tree
 from toolkit.resources.model import ModelFile
@@ -73,6 +74,7 @@ class HostDesign:
     notices: list[str] = field(default_factory=list)  # for the recap: certificates, warnings
     proxy_scheme: str = "http"  # https when the proxy has a certificate
     keys_file: str | None = None  # the proxy's keys file on the host, when it has keys
+    offline: bool = False  # nothing on the host reaches the internet (toolkit/offline.py)
 
     @property
     def pip(self) -> list[str]:
@@ -83,13 +85,19 @@ def copied(relpath: str, source: Path, mode: int = 0o644) -> File:
     return File(relpath, lambda ctx: source.read_bytes(), mode)
 
 
-def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
+def design_host(play: Play, host: Host, facts: Facts, offline: bool = False) -> HostDesign:
+    """``offline``: the host has no internet (``toolkit/offline.py``); what would need it is
+    refused here, before anything runs on the host."""
     data = facts.data_dir
     if not data:
         raise ToolkitError("the host did not report its data dir (is $HOME set?)")
-    installs = {
-        name: RUNTIMES[name].resolve(spec, facts, data) for name, spec in play.runtimes.items()
-    }
+    try:
+        installs = {
+            name: RUNTIMES[name].resolve(spec, facts, data, offline=offline)
+            for name, spec in play.runtimes.items()
+        }
+    except OfflineRefused as exc:
+        raise OfflineRefused(f"host {host.name} is offline: {exc}") from None
     placed: dict[str, ModelFile] = {
         model.name: ModelFile(model)
         for model in play.models
@@ -124,7 +132,10 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
         runtime = RUNTIMES[name]
         mine = [(m, placed.get(m.name)) for m in play.models if m.runtime == name]
         for model, file in mine:
-            after_start += runtime.model_resources(install, model, file, data)
+            try:
+                after_start += runtime.model_resources(install, model, file, data)
+            except OfflineRefused as exc:
+                raise OfflineRefused(f"host {host.name} is offline: {exc}") from None
         # A service restarts when its install or toolkit's virtualenv changes; which model
         # files it reads (an engine serving one file does; a daemon importing them does not),
         # its runtime says in serve().
@@ -175,6 +186,7 @@ def design_host(play: Play, host: Host, facts: Facts) -> HostDesign:
         notices,
         "https" if play.proxy and play.proxy.tls else "http",
         keys_file,
+        offline=offline,
     )
 
 

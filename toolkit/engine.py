@@ -25,6 +25,7 @@ from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable,
 from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
+from toolkit.offline import is_offline
 from toolkit.preflight import check_disk, check_memory
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.model import ModelFile
@@ -275,11 +276,12 @@ class Engine:
         variables = self.site.vars_for(play, host)
         data_dir = checked_data_dir(variables.get("toolkit_data_dir"))
         cached = self.facts_cache.load(host, data_dir)
-        design = design_host(play, host, cached) if cached else None
+        offline = is_offline(variables)
+        design = design_host(play, host, cached, offline) if cached else None
         verify = None if self.options.check or design is None else health_spec(design, 0)
         facts, observed = self.probe(conn, data_dir, design.resources if design else [], verify)
         if design is None or design_key(facts) != design_key(cached):
-            design = design_host(play, host, facts)
+            design = design_host(play, host, facts, offline)
             verify = None if self.options.check else health_spec(design, 0)
             facts, observed = self.probe(conn, data_dir, design.resources, verify)
         self.facts_cache.save(host, data_dir, facts)
@@ -442,9 +444,10 @@ def stop_all(
         result = HostResult(host.name, play.name, address=host.address)
         with host_failure(result):
             conn = engine.connection(host)
-            data_dir = checked_data_dir(site.vars_for(play, host).get("toolkit_data_dir"))
+            variables = site.vars_for(play, host)
+            data_dir = checked_data_dir(variables.get("toolkit_data_dir"))
             facts, _ = engine.probe(conn, data_dir, [])
-            design = design_host(site.play_for(play, host), host, facts)
+            design = design_host(site.play_for(play, host), host, facts, is_offline(variables))
             script = design.manager.stop_script(design.services)
             conn.check(
                 f"{PRELUDE}\n{data_dir_assignment(data_dir)}\n{script}",
