@@ -114,7 +114,9 @@ def test_bundle_installs_on_a_host_without_network_and_replaces_what_was_there(
     shipped = tmp_path / "host data" / "downloads" / bundle.path.name
     shipped.parent.mkdir(parents=True)
     shutil.copyfile(bundle.path, shipped)
-    done = offline(["sh", "-c", install_script(HOST_PYTHON, str(venv), str(shipped))])
+    done = offline(
+        ["sh", "-c", install_script(HOST_PYTHON, str(venv), str(shipped), platform.python)]
+    )
     assert done.returncode == 0, done.stderr
     assert not shipped.exists()  # the bundle file is removed once unpacked
     version = offline([str(venv / "bin" / "supervisord"), "--version"])
@@ -131,7 +133,9 @@ def test_bundle_installs_on_a_host_without_network_and_replaces_what_was_there(
 
     # Another set replaces the packages as a whole: supervisor is gone, idna is there.
     shutil.copyfile(other.path, shipped)
-    again = offline(["sh", "-c", install_script(HOST_PYTHON, str(venv), str(shipped))])
+    again = offline(
+        ["sh", "-c", install_script(HOST_PYTHON, str(venv), str(shipped), platform.python)]
+    )
     assert again.returncode == 0, again.stderr
     check = offline([str(venv / "bin/python"), "-c", "import idna, importlib.util as u; "
                      "print(u.find_spec('supervisor'))"])  # fmt: skip

@@ -65,7 +65,7 @@ class Virtualenv(Resource):
         if bundle is not None:
             shipped = ctx.path(f"downloads/{bundle.path.name}")
             place_blob(ctx, bundle.path, bundle.sha256, shipped, "toolkit's virtualenv")
-            script = venv_bundle.install_script(python, venv, shipped)
+            script = venv_bundle.install_script(python, venv, shipped, bundle.platform.python)
         else:  # a host with internet, for which the workstation found no wheels
             script = (
                 f"[ -x {quote(venv)}/bin/python ] || {quote(python)} -m venv {quote(venv)} || exit 1\n"

@@ -14,8 +14,7 @@ On the host the virtualenv itself is made by the host's own ``python3 -m venv --
 ``pyvenv.cfg``, ``bin/python`` and the activate scripts hold absolute paths (the interpreter's,
 the venv's), so they are never shipped. What is shipped holds none:
 
-- ``site/``: the packages, unpacked into the venv's site-packages (asked of its python, which
-  knows its own scheme). Extension modules and the libraries auditwheel bundled find each other
+- ``site/``: the packages, unpacked into the venv's site-packages. Extension modules and the libraries auditwheel bundled find each other
   through ``$ORIGIN``; byte-code compiled here has its file name fixed at import
   (``importlib`` does it for every .pyc), and its source timestamps travel in the tar;
 - ``prefix/``: the rest, over the venv's root: console scripts (``supervisord``...), written
@@ -181,24 +180,24 @@ def write_scripts(entry_points: str, bin_dir: Path) -> list[Path]:
     return written
 
 
-def install_script(python3: str, venv: str, bundle: str) -> str:
+def install_script(python3: str, venv: str, bundle: str, python: tuple[int, int]) -> str:
     """POSIX shell that makes ``venv`` hold exactly the bundle's packages.
 
-    The venv is made by the host's python3 when missing; the bundle is unpacked beside it, its
-    site folder takes the place of the venv's site-packages in two renames, and its prefix
-    folder is copied over the venv's root. The bundle file is removed at the end."""
-    new, v = f"{venv}/.toolkit-new", quote(venv)
+    The venv is made by the host's python3 (version ``python``) when missing; the bundle is
+    unpacked beside it, its site folder takes the place of the venv's site-packages
+    (``lib/pythonX.Y/site-packages`` in every POSIX venv CPython makes) in two renames, and its
+    prefix folder is copied over the venv's root. The bundle file is removed at the end."""
+    new, v = quote(f"{venv}/.toolkit-new"), quote(venv)
+    site = quote(f"{venv}/lib/python{python[0]}.{python[1]}/site-packages")
     return (
         "set -e\n"
         f"[ -x {v}/bin/python ] || {quote(python3)} -m venv --without-pip {v}\n"
-        f"site=$({v}/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))')\n"
-        f"rm -rf {quote(new)}; mkdir -p {quote(new)}\n"
-        f"tar -xzf {quote(bundle)} -C {quote(new)}\n"
-        'rm -rf "$site.old"; if [ -d "$site" ]; then mv "$site" "$site.old"; fi\n'
-        f'mkdir -p "$(dirname "$site")"; mv {quote(new)}/{SITE} "$site"\n'
-        f"if [ -d {quote(new)}/{PREFIX} ]; then "
-        f"(cd {quote(new)}/{PREFIX} && tar -cf - .) | (cd {v} && tar -xf -); fi\n"
-        f'rm -rf "$site.old" {quote(new)} {quote(bundle)}\n'
+        f"rm -rf {new}; mkdir -p {new}\n"
+        f"tar -xzf {quote(bundle)} -C {new}\n"
+        f"rm -rf {site}.old; if [ -d {site} ]; then mv {site} {site}.old; fi\n"
+        f"mkdir -p {v}/lib/python{python[0]}.{python[1]}; mv {new}/{SITE} {site}\n"
+        f"if [ -d {new}/{PREFIX} ]; then (cd {new}/{PREFIX} && tar -cf - .) | (cd {v} && tar -xf -); fi\n"
+        f"rm -rf {site}.old {new} {quote(bundle)}\n"
     )
 
 
