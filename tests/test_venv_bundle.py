@@ -141,6 +141,8 @@ def test_bundle_installs_on_a_host_without_network_and_replaces_what_was_there(
                      "print(u.find_spec('supervisor'))"])  # fmt: skip
     assert check.returncode == 0 and check.stdout.strip() == "None", check
     assert not list(venv.glob("**/site-packages.old"))
+    assert not (venv / "bin" / "supervisord").exists()  # its scripts went with it
+    assert (venv / "bin" / "idna").is_file() and (venv / "bin" / "activate").is_file()
 
 
 def test_a_platform_without_wheels_fails_to_build(tmp_path: Path) -> None:

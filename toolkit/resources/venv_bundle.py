@@ -43,6 +43,7 @@ from pathlib import Path
 
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
+from toolkit.models.store import hash_file
 from toolkit.resources.wheelhouse import HostPlatform, Wheelhouse, locked
 
 SITE = "site"  # archive folder unpacked into the venv's site-packages
@@ -60,6 +61,8 @@ if __name__ == "__main__":
     sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
     sys.exit({call}())
 """
+# What ``python -m venv`` puts in bin/ itself: kept when the packages' scripts are replaced.
+VENV_OWN_BIN = "python|python3|python3.*|activate|activate.*|Activate.ps1"
 _ENTRY = re.compile(r"^(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+))?\s*(\[.*\])?\s*$")
 
 
@@ -98,7 +101,7 @@ def build(house: Wheelhouse, cache: Path) -> Bundle:
                 compileall.compile_dir(tree / SITE, quiet=2, workers=1)
             partial = Path(tmp) / "bundle.tar.gz"
             _pack(tree, partial)
-            sha = hashlib.sha256(partial.read_bytes()).hexdigest()
+            sha = hash_file(partial)[0]
             os.replace(partial, path)
         digest_file.write_text(sha + "\n")
     return Bundle(path, sha, house.platform)
@@ -185,8 +188,10 @@ def install_script(python3: str, venv: str, bundle: str, python: tuple[int, int]
 
     The venv is made by the host's python3 (version ``python``) when missing; the bundle is
     unpacked beside it, its site folder takes the place of the venv's site-packages
-    (``lib/pythonX.Y/site-packages`` in every POSIX venv CPython makes) in two renames, and its
-    prefix folder is copied over the venv's root. The bundle file is removed at the end."""
+    (``lib/pythonX.Y/site-packages`` in every POSIX venv CPython makes) in two renames, the
+    scripts of the packages it replaces go (a venv made by pip keeps its ``python`` and
+    ``activate`` files only), and its prefix folder is copied over the venv's root. The bundle
+    file is removed at the end."""
     new, v = quote(f"{venv}/.toolkit-new"), quote(venv)
     site = quote(f"{venv}/lib/python{python[0]}.{python[1]}/site-packages")
     return (
@@ -196,6 +201,7 @@ def install_script(python3: str, venv: str, bundle: str, python: tuple[int, int]
         f"tar -xzf {quote(bundle)} -C {new}\n"
         f"rm -rf {site}.old; if [ -d {site} ]; then mv {site} {site}.old; fi\n"
         f"mkdir -p {v}/lib/python{python[0]}.{python[1]}; mv {new}/{SITE} {site}\n"
+        f'for f in {v}/bin/*; do case ${{f##*/}} in {VENV_OWN_BIN}) ;; *) rm -f "$f";; esac; done\n'
         f"if [ -d {new}/{PREFIX} ]; then (cd {new}/{PREFIX} && tar -cf - .) | (cd {v} && tar -xf -); fi\n"
         f"rm -rf {site}.old {new} {quote(bundle)}\n"
     )
