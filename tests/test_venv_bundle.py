@@ -13,6 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.sshbed import ssh_hosts  # noqa: F401  (fixture)
+from tests.test_ssh import open_ssh
+from toolkit.errors import ToolkitError
+from toolkit.hosts.facts import Facts
+from toolkit.inventory import Host
+from toolkit.resources.base import Change, HostContext, RunOptions
+from toolkit.resources.runtime import Virtualenv
 from toolkit.resources.venv_bundle import (
     SCRIPT_HEADER,
     build,
@@ -150,3 +157,40 @@ def test_a_platform_without_wheels_fails_to_build(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(Exception, match="no wheels resolved"):
         build(Wheelhouse(empty, local_platform(), ("x",)), tmp_path)
+
+
+@needs_root
+def test_without_wheels_for_its_platform_an_online_host_runs_pip_and_an_offline_one_fails(
+    ssh_hosts,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workstation resolves nothing here (no index, no config): the host's own pip, which
+    reaches its index over its own network, is the fallback; an offline host has none."""
+    bed_host = ssh_hosts[3]
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    data = f"{bed_host.home}/tk"
+    conn = open_ssh(bed_host)
+    try:
+        ctx = HostContext(
+            host=Host(bed_host.name, {}, ["all"]), play=None, conn=conn,
+            facts=Facts(python3="/usr/bin/python3", data_dir=data), data_dir=data,
+            vars={"offline": True}, options=RunOptions(),
+        )  # fmt: skip
+        venv = Virtualenv()
+        change = Change(venv, "create virtualenv", data=["idna"])
+        with pytest.raises(ToolkitError, match="this host is offline .*could not be built on the "
+                           "workstation: pip download for cp3"):  # fmt: skip
+            venv.apply(change, ctx)
+        assert not (bed_host.home / "tk" / "venv").exists()
+
+        ctx.vars = {}
+        venv.apply(change, ctx)
+        check = conn.run(f"{data}/venv/bin/python -c 'import idna, pip'")
+        assert check.ok, check.stderr
+        assert (bed_host.home / "tk/venv/toolkit-requirements.txt").read_text() == "idna\n"
+    finally:
+        conn.close()
+        bed_host.clean_home()

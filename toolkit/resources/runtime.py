@@ -67,9 +67,13 @@ class Virtualenv(Resource):
             place_blob(ctx, bundle.path, bundle.sha256, shipped, "toolkit's virtualenv")
             script = venv_bundle.install_script(python, venv, shipped, bundle.platform.python)
         else:  # a host with internet, for which the workstation found no wheels
+            venv_python = f"{quote(venv)}/bin/python"
             script = (
-                f"[ -x {quote(venv)}/bin/python ] || {quote(python)} -m venv {quote(venv)} || exit 1\n"
-                f"{quote(venv)}/bin/python -m pip install --quiet --disable-pip-version-check "
+                f"[ -x {venv_python} ] || {quote(python)} -m venv {quote(venv)} || exit 1\n"
+                # a venv a bundle made has no pip
+                f"{venv_python} -m pip --version >/dev/null 2>&1 || "
+                f"{venv_python} -m ensurepip --default-pip >/dev/null || exit 1\n"
+                f"{venv_python} -m pip install --quiet --disable-pip-version-check "
                 + " ".join(quote(r) for r in change.data)
             )
         try:
