@@ -2,8 +2,9 @@
 
 Not a test. Needs root, openssh-server and sudo (it starts the loopback sshd bed of
 tests/sshbed.py: one sshd, OS user and home per host) and network access to PyPI: ansible-core
-is installed into a throwaway virtualenv (``--ansible-venv``, made when missing), and every host
-builds toolkit's virtualenv with pip.
+is installed into a throwaway virtualenv (``--ansible-venv``, made when missing); toolkit
+resolves its hosts' virtualenv once on the workstation and ships it (resources/venv_bundle.py),
+Ansible's playbook runs pip on every host.
 
 The site: one model (a small generated file, its real sha256) served by the llama-server stand-in
 (tests/llama_standin.py), supervisord, and toolkit's proxy in front. Ansible runs

@@ -1,27 +1,16 @@
-"""The wheelhouse: requirements resolved on the workstation with the real pip against PyPI, shipped
-through a real connection, installed in a network namespace that has no route out."""
+"""The wheelhouse: requirements resolved on the workstation with the real pip against PyPI, for
+the host's platform rather than the workstation's (tests/test_venv_bundle.py installs them on a
+"host" without network)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from toolkit.errors import ToolkitError
-from toolkit.hosts.connection import LocalConnection
-from toolkit.resources.wheelhouse import (
-    HostPlatform,
-    install_args,
-    is_offline,
-    local_platform,
-    parse_platform,
-    resolve,
-    ship,
-)
+from toolkit.offline import is_offline
+from toolkit.resources.wheelhouse import HostPlatform, parse_platform, resolve
 
 
 def test_platform_key_and_tags() -> None:
@@ -64,7 +53,17 @@ def test_resolves_wheels_for_another_platform(tmp_path: Path) -> None:
     house = resolve(["httptools"], arm, tmp_path)
     names = [wheel.name for wheel in house.wheels]
     assert len(names) == 1 and "aarch64" in names[0] and "cp311" in names[0], names
-    assert house.path == tmp_path / "wheelhouse" / "cp311-aarch64-glibc2.31"
+    assert house.path.parent == tmp_path / "wheelhouse" / "cp311-aarch64-glibc2.31"
+
+
+def test_each_set_of_requirements_has_its_own_wheels(tmp_path: Path) -> None:
+    """Two sets never share a folder: a bundle of one never holds a wheel of the other."""
+    platform = parse_platform("3.11 x86_64 glibc 2.36")
+    small = resolve(["idna"], platform, tmp_path)
+    both = resolve(["idna", "h11"], platform, tmp_path)
+    assert small.path != both.path
+    assert [w.name.split("-")[0] for w in small.wheels] == ["idna"]
+    assert sorted(w.name.split("-")[0] for w in both.wheels) == ["h11", "idna"]
 
 
 def test_unknown_requirement_names_the_platform(tmp_path: Path) -> None:
@@ -72,71 +71,3 @@ def test_unknown_requirement_names_the_platform(tmp_path: Path) -> None:
         resolve(
             ["no-such-package-toolkit-test"], parse_platform("3.11 x86_64 glibc 2.36"), tmp_path
         )
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root")
-def test_offline_host_installs_from_shipped_wheels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    platform = local_platform()
-    house = resolve(["supervisor"], platform, tmp_path / "cache")
-    assert any(wheel.name.startswith("supervisor-") for wheel in house.wheels)
-
-    # Resolved once: a second resolve with the index switched off does not call pip at all.
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    assert resolve(["supervisor"], platform, tmp_path / "cache").wheels == house.wheels
-
-    conn = LocalConnection()
-    remote = str(tmp_path / "host" / "wheels" / platform.key)
-    ship(conn, house, remote)
-    shipped = sorted(p.name for p in Path(remote).glob("*.whl"))
-    assert shipped == [wheel.name for wheel in house.wheels]
-    trips = conn.round_trips
-    ship(conn, house, remote)  # nothing missing: one listing, no copies
-    assert conn.round_trips == trips + 1
-
-    # The "host": a network namespace with only a loopback that is down, no route anywhere.
-    venv = tmp_path / "host" / "venv"
-    pip_install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    script = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [*pip_install, *install_args(remote), "supervisor"],
-        [str(venv / "bin" / "python"), "-c", "import supervisor.supervisord"],
-    ]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
-    for argv in script:
-        result = subprocess.run(
-            [shutil.which("unshare") or "unshare", "--net", *argv],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-
-    # The same install reaching for the index fails in that namespace: the test can fail.
-    fresh = tmp_path / "host" / "venv2"
-    subprocess.run(["unshare", "--net", sys.executable, "-m", "venv", str(fresh)], check=True)
-    online = subprocess.run(
-        [
-            "unshare",
-            "--net",
-            str(fresh / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--retries",
-            "0",
-            "--timeout",
-            "5",
-            "supervisor",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        check=False,
-    )
-    assert online.returncode != 0

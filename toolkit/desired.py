@@ -15,6 +15,7 @@ from toolkit.credentials import TlsPair, keys_file_content, tls_pair
 from toolkit.errors import ToolkitError
 from toolkit.hosts.facts import Facts
 from toolkit.inventory import Host
+from toolkit.offline import OfflineRefused
 from toolkit.resources.base import HostContext, Resource
 from toolkit.resources.files import File, Tree
 from toolkit.resources.model import ModelFile
@@ -77,6 +78,7 @@ class HostDesign:
     notices: list[str] = field(default_factory=list)  # for the recap: certificates, warnings
     proxy_scheme: str = "http"  # https when the proxy has a certificate
     keys_file: str | None = None  # the proxy's keys file on the host, when it has keys
+    offline: bool = False  # nothing on the host reaches the internet (toolkit/offline.py)
     slots: dict[str, Slots] = field(default_factory=dict)  # switchable models' engine slots
     switch: Switch | None = None  # the models switching to a new engine in this run
 
@@ -95,16 +97,28 @@ def copied(relpath: str, source: Path, mode: int = 0o644) -> File:
 
 
 def design_host(
-    play: Play, host: Host, facts: Facts, switching: set[str] | None = None, mode: str = ""
+    play: Play,
+    host: Host,
+    facts: Facts,
+    switching: set[str] | None = None,
+    mode: str = "",
+    *,
+    offline: bool = False,
 ) -> HostDesign:
     """``switching``: models whose engine moves to its other slot in this run, the ``mode`` of
-    toolkit/switch.py; without it every model stays in the slot the host has it in."""
+    toolkit/switch.py; without it every model stays in the slot the host has it in.
+    ``offline``: the host has no internet (``toolkit/offline.py``); what would need it is
+    refused here, before anything runs on the host."""
     data = facts.data_dir
     if not data:
         raise ToolkitError("the host did not report its data dir (is $HOME set?)")
-    installs = {
-        name: RUNTIMES[name].resolve(spec, facts, data) for name, spec in play.runtimes.items()
-    }
+    try:
+        installs = {
+            name: RUNTIMES[name].resolve(spec, facts, data, offline=offline)
+            for name, spec in play.runtimes.items()
+        }
+    except OfflineRefused as exc:
+        raise OfflineRefused(f"host {host.name} is offline: {exc}") from None
     placed: dict[str, ModelFile] = {
         model.name: ModelFile(model)
         for model in play.models
@@ -143,7 +157,10 @@ def design_host(
         runtime = RUNTIMES[name]
         mine = [(m, placed.get(m.name)) for m in play.models if m.runtime == name]
         for model, file in mine:
-            after_start += runtime.model_resources(install, model, file, data)
+            try:
+                after_start += runtime.model_resources(install, model, file, data)
+            except OfflineRefused as exc:
+                raise OfflineRefused(f"host {host.name} is offline: {exc}") from None
         # A service restarts when its install or toolkit's virtualenv changes; which model
         # files it reads (an engine serving one file does; a daemon importing them does not),
         # its runtime says in serve().
@@ -216,6 +233,7 @@ def design_host(
         notices,
         "https" if play.proxy and play.proxy.tls else "http",
         keys_file,
+        offline,
         slots,
         switch,
     )

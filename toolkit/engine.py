@@ -31,6 +31,7 @@ from toolkit.hosts.connection import CommandFailed, Connection, HostUnreachable,
 from toolkit.hosts.facts import FACTS_SCRIPT, Facts, binaries_probe, parse_facts
 from toolkit.hosts.shell import PRELUDE, data_dir_assignment
 from toolkit.inventory import Host
+from toolkit.offline import is_offline
 from toolkit.preflight import check_disk, check_memory, switch_fits
 from toolkit.relay.fanout import Fanout
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
@@ -294,12 +295,13 @@ class Engine:
         variables = self.site.vars_for(play, host)
         data_dir = checked_data_dir(variables.get("toolkit_data_dir"))
         cached = self.facts_cache.load(host, data_dir)
-        design = design_host(play, host, cached) if cached else None
+        offline = is_offline(variables)
+        design = design_host(play, host, cached, offline=offline) if cached else None
         verify = None if self.options.check or design is None else health_spec(design, 0)
         resources = design.resources if design else []
         facts, observed = self.probe(conn, data_dir, resources, verify, play)
         if design is None or design_key(facts) != design_key(cached):
-            design = design_host(play, host, facts)
+            design = design_host(play, host, facts, offline=offline)
             verify = None if self.options.check else health_spec(design, 0)
             facts, observed = self.probe(conn, data_dir, design.resources, verify, play)
         self.facts_cache.save(host, data_dir, facts)
@@ -325,7 +327,7 @@ class Engine:
         if switching:
             # the changed engines go to their other slot, beside or after the old ones
             fits = switch_fits(play.models, switching, facts, play.max_memory_gb)
-            design = design_host(play, host, facts, switching, switch_mode(fits))
+            design = design_host(play, host, facts, switching, switch_mode(fits), offline=offline)
             verify = None if self.options.check else health_spec(design, 0)
             facts, observed = self.probe(conn, data_dir, design.resources, verify, play)
             check_service_values(design)
@@ -505,10 +507,11 @@ def stop_all(
         result = HostResult(host.name, play.name, address=host.address)
         with host_failure(result):
             conn = engine.connection(host)
-            data_dir = checked_data_dir(site.vars_for(play, host).get("toolkit_data_dir"))
+            variables = site.vars_for(play, host)
+            data_dir = checked_data_dir(variables.get("toolkit_data_dir"))
             host_play = site.play_for(play, host)
             facts, _ = engine.probe(conn, data_dir, [], play=host_play)
-            design = design_host(host_play, host, facts)
+            design = design_host(host_play, host, facts, offline=is_offline(variables))
             # with the engine slots not in use: one a switch cut short may still run
             script = design.manager.stop_script([*design.services, *design.spares])
             conn.check(

@@ -81,6 +81,7 @@ class Reporter:
         self._echo(
             f"{host}: {distro} {facts.arch}, {facts.cpus} CPUs, {_gib(facts.mem_kb)} RAM, "
             f"{gpus}; services: {design.manager.name}{runtimes}; data: {facts.data_dir}"
+            + ("; offline: everything shipped from here" if design.offline else "")
         )
 
     def change(self, host: str, change, planned: bool) -> None:

@@ -18,10 +18,10 @@ from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
 from toolkit.models.sources import fetch
 from toolkit.models.store import controller_store, hash_file
+from toolkit.offline import is_offline
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.host_fetch import fetch_on_host
 from toolkit.resources.placement import place_blob
-from toolkit.resources.wheelhouse import is_offline
 
 if TYPE_CHECKING:
     from toolkit.site import ModelSpec

@@ -5,13 +5,15 @@
 Termux's pkg also keeps; ``brew list``); apply runs ONE install command for everything missing,
 so a host is never left with half of a set. When the package manager fails, its own error is
 shown (the last lines of what it printed), and the host fails before anything that needs the
-packages is set up.
+packages is set up. On a host without internet (``offline: true``) a missing package is refused
+while planning, before anything runs: its package manager would have to fetch it.
 """
 
 from __future__ import annotations
 
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
+from toolkit.offline import OfflineRefused, is_offline
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 
 MANAGERS = ("pkg", "apt", "brew")
@@ -60,6 +62,11 @@ class Packages(Resource):
         missing = [name for name in self.names if name not in installed]
         if not missing:
             return None
+        if ctx is not None and is_offline(ctx.vars):
+            raise OfflineRefused(
+                f"host {ctx.host.name} is offline: {self.manager} install {' '.join(missing)} "
+                "would need its internet; install them on the host first"
+            )
         return Change(self, f"{self.manager} install {' '.join(missing)}", data=missing)
 
     def apply(self, change: Change, ctx: HostContext) -> None:

@@ -1,13 +1,23 @@
 """toolkit's virtualenv on a host: supervisor, the proxy's packages, and what the runtimes'
-installs ask for (a pip-installed engine). Recorded requirements decide whether pip runs at all."""
+installs ask for (a pip-installed engine). Recorded requirements decide whether anything runs.
+
+Its contents are built on the workstation, once per platform, and shipped as one file
+(``venv_bundle.py``): the host does no resolving, downloading or compiling, and needs no
+internet. Only when the workstation cannot resolve the requirements for the host's platform (no
+binary wheels for it, no index reachable from the workstation) does a host with internet run
+``pip install`` itself; an offline host fails instead, saying why.
+"""
 
 from __future__ import annotations
 
 from toolkit.assets import proxy_dir
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import CommandFailed, quote
-from toolkit.resources import wheelhouse
+from toolkit.offline import is_offline
+from toolkit.resources import venv_bundle, wheelhouse
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
+from toolkit.resources.placement import place_blob
+from toolkit.workstation import cache_dir
 
 VENV = "venv"
 MARKER = "venv/toolkit-requirements.txt"
@@ -51,15 +61,21 @@ class Virtualenv(Resource):
                 "Termux: pkg install python)"
             )
         venv = ctx.path(VENV)
-        # An offline host installs from wheels the workstation resolved and shipped.
-        sources = (
-            wheelhouse.prepare(ctx, python, change.data) if wheelhouse.is_offline(ctx.vars) else []
-        )
-        script = (
-            f"[ -x {quote(venv)}/bin/python ] || {quote(python)} -m venv {quote(venv)} || exit 1\n"
-            f"{quote(venv)}/bin/python -m pip install --quiet --disable-pip-version-check "
-            + " ".join(quote(r) for r in [*sources, *change.data])
-        )
+        bundle = built_bundle(ctx, python, change.data)
+        if bundle is not None:
+            shipped = ctx.path(f"downloads/{bundle.path.name}")
+            place_blob(ctx, bundle.path, bundle.sha256, shipped, "toolkit's virtualenv")
+            script = venv_bundle.install_script(python, venv, shipped, bundle.platform.python)
+        else:  # a host with internet, for which the workstation found no wheels
+            venv_python = f"{quote(venv)}/bin/python"
+            script = (
+                f"[ -x {venv_python} ] || {quote(python)} -m venv {quote(venv)} || exit 1\n"
+                # a venv a bundle made has no pip
+                f"{venv_python} -m pip --version >/dev/null 2>&1 || "
+                f"{venv_python} -m ensurepip --default-pip >/dev/null || exit 1\n"
+                f"{venv_python} -m pip install --quiet --disable-pip-version-check "
+                + " ".join(quote(r) for r in change.data)
+            )
         try:
             ctx.conn.check(script, "installing toolkit's virtualenv", timeout=1800)
         except CommandFailed as exc:
@@ -69,3 +85,22 @@ class Virtualenv(Resource):
                 ) from None
             raise
         ctx.conn.put_bytes(("\n".join(change.data) + "\n").encode(), ctx.path(MARKER))
+
+
+def built_bundle(
+    ctx: HostContext, python: str, requirements: list[str]
+) -> venv_bundle.Bundle | None:
+    """The bundle for this host's platform (asked of its python3), resolved and built on the
+    workstation; None when that fails and the host may use the index itself."""
+    probe = ctx.conn.check(wheelhouse.platform_probe(python), "reading the host's python platform")
+    platform = wheelhouse.parse_platform(probe.stdout)
+    try:
+        house = wheelhouse.resolve(requirements, platform, cache_dir())
+        return venv_bundle.build(house, cache_dir())
+    except ToolkitError as exc:
+        if is_offline(ctx.vars):
+            raise ToolkitError(
+                f"this host is offline (offline: true) and its virtualenv could not be built on "
+                f"the workstation: {exc}"
+            ) from None
+        return None

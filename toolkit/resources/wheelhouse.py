@@ -2,41 +2,31 @@
 
 Without it every host runs its own ``pip install`` against the package index: the same downloads
 once per host, and nothing at all on a host without internet. With it the workstation runs
-``pip download`` once per (Python version, machine, libc) into toolkit's cache, ships the wheels a
-host lacks into ``<data>/wheels/<key>/`` and the host installs with ``--no-index --find-links``:
-the host never reaches an index.
-
-``resources/runtime.Virtualenv.apply`` plugs it in with one call: for a host where
-``is_offline(ctx.vars)`` (``offline: true`` on the host, or ``-e toolkit_offline=true``),
-``prepare(ctx, python3, requirements)`` probes the host's platform, resolves, ships, and returns
-the options that make its ``pip install`` use the shipped wheels only.
+``pip download`` once per (Python version, machine, libc) into toolkit's cache, for the host's
+platform rather than its own (``--platform``, ``--python-version``, binary wheels only); a host
+never reaches an index. ``resources/venv_bundle.py`` turns the wheels into what is shipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
+import hashlib
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
 from toolkit.errors import ToolkitError
-
-if TYPE_CHECKING:
-    from toolkit.resources.base import HostContext
 
 _PIP_TIMEOUT_S = 1800
 _MANIFEST = "requirements.txt"
 _OLDEST_MANYLINUX_MINOR = (
     17  # manylinux2014 = manylinux_2_17; PyPI serves nothing older that matters
 )
-_TRUE = {"1", "true", "yes", "on"}
 
 # Printed by the host's python3: "3.11 x86_64 glibc 2.36" (libc fields empty on musl or macOS).
 PLATFORM_PROBE = (
@@ -108,23 +98,6 @@ def local_platform() -> HostPlatform:
     return parse_platform(result.stdout)
 
 
-def is_offline(host_vars: Mapping[str, Any]) -> bool:
-    """``offline: true`` on the host, or ``toolkit_offline=true`` (e.g. from ``-e``)."""
-    for key in ("offline", "toolkit_offline"):
-        value = host_vars.get(key)
-        if value is True or str(value).strip().lower() in _TRUE:
-            return True
-    return False
-
-
-def cache_dir() -> Path:
-    """toolkit's cache on the workstation (the model store lives next to it)."""
-    cache = os.environ.get("TOOLKIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "toolkit"
-    )
-    return Path(cache)
-
-
 @dataclass(frozen=True)
 class Wheelhouse:
     """The wheels that satisfy ``requirements`` on ``platform``, all in ``path``."""
@@ -141,16 +114,19 @@ class Wheelhouse:
 def resolve(requirements: list[str], platform: HostPlatform, cache: Path) -> Wheelhouse:
     """Download the wheels once per platform and set of requirements; reuse them after.
 
-    The directory records the requirements it was resolved for; another set resolves again
-    into the same directory (pip skips the wheels already there). One lock per platform keeps
-    parallel host applies from resolving the same platform twice.
+    Each set gets a folder of its own (``<platform>/<digest of the set>``) holding exactly the
+    wheels pip chose for it, and a manifest written once they are all there: two sets never
+    mix their versions of a package. One lock per folder keeps parallel host applies from
+    resolving the same set twice.
     """
     wanted = tuple(sorted(requirements))
-    path = cache / "wheelhouse" / platform.key
+    listing = "\n".join(wanted) + "\n"
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    path = cache / "wheelhouse" / platform.key / digest
     path.mkdir(parents=True, exist_ok=True)
     manifest = path / _MANIFEST
-    with _locked(path / ".lock"):
-        if manifest.is_file() and tuple(manifest.read_text().split()) == wanted:
+    with locked(path / ".lock"):
+        if manifest.is_file() and manifest.read_text() == listing:
             return Wheelhouse(path, platform, wanted)
         manifest.unlink(missing_ok=True)
         command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check"]
@@ -163,50 +139,12 @@ def resolve(requirements: list[str], platform: HostPlatform, cache: Path) -> Whe
             raise ToolkitError(
                 f"pip download for {platform.key} ({' '.join(wanted)}) failed:\n{tail}"
             )
-        manifest.write_text("\n".join(wanted) + "\n")
+        manifest.write_text(listing)
     return Wheelhouse(path, platform, wanted)
 
 
-class _Connection(Protocol):
-    def check(self, script: str, what: str, **kwargs: Any) -> Any: ...
-
-    def put(self, local: Path, remote: str, mode: int = 0o644) -> None: ...
-
-
-def ship(conn: _Connection, house: Wheelhouse, remote_dir: str) -> str:
-    """Put the wheels ``remote_dir`` lacks (by name and size) on the host; returns the dir."""
-    listing = conn.check(
-        f"mkdir -p {shlex.quote(remote_dir)} && cd {shlex.quote(remote_dir)} && "
-        'for f in *.whl; do [ -f "$f" ] && printf \'%s %s\\n\' "$(wc -c < "$f")" "$f"; done; '
-        "true",
-        "listing the host's wheels",
-    ).stdout
-    have = {}
-    for line in listing.splitlines():
-        size, _, name = line.strip().partition(" ")
-        if size.isdigit():
-            have[name] = int(size)
-    for wheel in house.wheels:
-        if have.get(wheel.name) != wheel.stat().st_size:
-            conn.put(wheel, f"{remote_dir}/{wheel.name}")
-    return remote_dir
-
-
-def prepare(ctx: HostContext, python3: str, requirements: list[str]) -> list[str]:
-    """Probe, resolve, ship: the ``pip install`` options for this host's shipped wheels."""
-    probe = ctx.conn.check(platform_probe(python3), "reading the host's python platform")
-    platform = parse_platform(probe.stdout)
-    house = resolve(requirements, platform, cache_dir())
-    return install_args(ship(ctx.conn, house, ctx.path(f"wheels/{platform.key}")))
-
-
-def install_args(remote_dir: str) -> list[str]:
-    """``pip install`` options that take packages from the shipped wheels only."""
-    return ["--no-index", "--find-links", remote_dir]
-
-
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:

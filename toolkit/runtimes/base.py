@@ -9,6 +9,8 @@ validation, design, engine, report) loops over runtimes and never names one:
 - ``facts_probe``: shell the facts probe runs for it (a running daemon, a plugin that loads), its
   findings in ``Facts.probed``;
 - ``resolve``: which install the host gets, from the facts and the playbook's strategy, and why;
+  on a host without internet (``offline``) only what the workstation can fetch and place, else
+  ``toolkit.offline.OfflineRefused`` saying what to use instead;
 - ``Install.resources``: what installs it (archives, packages, builds), ``Install.pip``: what
   toolkit's virtualenv must hold for it;
 - ``model_resources``: what makes a model usable by it (an import, a pull) after the file is placed;
@@ -113,7 +115,12 @@ class Runtime:
         """Checks of one model beyond the schema (names the runtime accepts...); raise
         ``conf.vpos_of(key).error(...)`` so the message has file:line."""
 
-    def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
+    def resolve(
+        self, spec: RuntimeSpec, facts: Facts, data_dir: str, offline: bool = False
+    ) -> Install:
+        """``offline``: nothing on the host may reach the internet (``toolkit/offline.py``): no
+        package manager installs, no pulls by the host; archives and models are fetched by the
+        workstation and placed, as always. An ``auto`` strategy picks one that works offline."""
         raise NotImplementedError
 
     def needs_file(self, model: ModelSpec) -> bool:

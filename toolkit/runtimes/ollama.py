@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
+from toolkit.offline import OfflineRefused
 from toolkit.resources.archive import Archive, Release
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
 from toolkit.resources.files import File
@@ -170,7 +171,9 @@ class Ollama(Runtime):
 
     # -- install -----------------------------------------------------------------------------
 
-    def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
+    def resolve(
+        self, spec: RuntimeSpec, facts: Facts, data_dir: str, offline: bool = False
+    ) -> Install:
         conf = spec.conf
         found = conf.get("path") or facts.binaries.get("ollama")
         daemon, _, daemon_version = (facts.probed.get("ollama_daemon") or "").partition(" ")
@@ -181,7 +184,13 @@ class Ollama(Runtime):
             strategy = "present" if present else "package" if facts.termux else "release"
         if strategy == "present" and (conf.get("url") or not found):
             return self._adopt(conf, daemon, daemon_version if answering else None, data_dir)
+        if offline and strategy == "package" and not found:
+            raise OfflineRefused(
+                "Ollama install: package runs pkg install ollama, which needs the host's "
+                "internet; install it on the host first (install: present)"
+            )
         install = Install(strategy, files=[File(HELPER_RELPATH, lambda ctx: HELPER.read_bytes())])
+        install.details["offline"] = offline
         install.details["models_dir"] = conf.get("models_dir") or f"{data_dir}/ollama/models"
         install.details["conf_port"] = conf.get("port")
         # As Ollama's installer: a dedicated user for the daemon when root runs systemd.
@@ -265,6 +274,11 @@ class Ollama(Runtime):
     def model_resources(
         self, install: Install, model: ModelSpec, placed: ModelFile | None, data_dir: str
     ) -> list[Resource]:
+        if install.details.get("offline") and model.source.get("ollama"):
+            raise OfflineRefused(
+                f'model "{model.name}": the ollama pull source needs the host\'s internet; give '
+                "a GGUF source (pypi, hf, url or path) to import it"
+            )
         return [OllamaModel(install, model, placed, data_dir)]
 
     # -- services ----------------------------------------------------------------------------

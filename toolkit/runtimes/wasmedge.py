@@ -157,7 +157,11 @@ fi"""
             "use install: release (runtime and plugin of one version)"
         )
 
-    def resolve(self, spec: RuntimeSpec, facts: Facts, data_dir: str) -> Install:
+    def resolve(
+        self, spec: RuntimeSpec, facts: Facts, data_dir: str, offline: bool = False
+    ) -> Install:
+        """Every strategy works offline: the release archives and llama-api-server.wasm are
+        fetched by the workstation and placed."""
         conf = spec.conf
         found = conf.get("path") or facts.binaries.get("wasmedge")
         strategy = spec.install
