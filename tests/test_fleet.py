@@ -398,20 +398,30 @@ def test_check_and_diff_show_the_change_and_change_nothing(fleet):
         routes.write_bytes(original)
 
 
-def test_a_service_restarts_once_only_when_its_inputs_change(fleet):
+def engine_ctx(pid: int) -> bytes:
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return argv[argv.index(b"-c") + 1]
+
+
+def test_a_changed_engine_moves_to_its_other_slot_and_nothing_else_restarts(fleet):
+    # A changed engine is not restarted in place: the new one starts in the model's other slot
+    # beside the old (toolkit/switch.py), the routes file moves to it, the old one is retired.
     host = fleet.hosts[3]
     before = standin_pids(host.user)
     bigger = fleet.apply("--limit", host.name, "-e", "ctx=4096", "--json")
     assert bigger.returncode == 0, bigger.stdout + bigger.stderr
     changes = {e["resource"]: e["summary"] for e in events(bigger, "change")}
-    assert set(changes) == {"file:proxy/routes.yml", "file:supervisor/programs/engine-tiny.conf",
-                            "services"}, changes  # fmt: skip
+    assert set(changes) == {"file:proxy/routes.yml", "file:services.json",
+                            "file:supervisor/programs/engine-tiny-alt.conf", "services",
+                            "switch:ready", "switch:retire"}, changes  # fmt: skip
     after = standin_pids(host.user)
     assert after["engine"] != before["engine"] and after["proxy"] == before["proxy"]
-    engine_cmd = Path(f"/proc/{after['engine']}/cmdline").read_bytes().split(b"\0")
-    assert engine_cmd[engine_cmd.index(b"-c") + 1] == b"4096"
+    assert engine_ctx(after["engine"]) == b"4096"
     back = fleet.apply("--limit", host.name, "--json")
-    assert back.returncode == 0 and len(events(back, "change")) == 3
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert {"switch:ready", "switch:retire"} <= {e["resource"] for e in events(back, "change")}
+    returned = standin_pids(host.user)
+    assert engine_ctx(returned["engine"]) == b"2048" and returned["proxy"] == before["proxy"]
     again = fleet.apply("--limit", host.name, "--json")
     assert events(again, "change") == [] and host_events(again)[host.name]["round_trips"] == 1
 
