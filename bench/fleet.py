@@ -44,10 +44,9 @@ sys.path.insert(0, str(REPO))
 
 from tests.sshbed import BedHost, SSHBed  # noqa: E402
 from toolkit.assets import proxy_dir, templates_dir  # noqa: E402
-from toolkit.desired import HEALTH_CHECK, design_host  # noqa: E402
+from toolkit.desired import HEALTH_CHECK, design_host, routes_variables  # noqa: E402
 from toolkit.hosts.facts import Facts  # noqa: E402
 from toolkit.resources.runtime import proxy_requirements  # noqa: E402
-from toolkit.runtimes import RUNTIMES  # noqa: E402
 from toolkit.site import load_site  # noqa: E402
 
 STANDIN = REPO / "tests" / "llama_standin.py"
@@ -161,16 +160,6 @@ class Site:
                         "environment": definition.variables["environment"],
                     }
                 )
-        routes = []
-        for item in design.served:
-            routes.append(
-                {
-                    "name": item.model.name,
-                    "aliases": item.model.aliases,
-                    "backends": [item.backend],
-                    "capabilities": RUNTIMES[item.model.runtime].capabilities(item.model),
-                }
-            )
         return {
             "tk_data_dir": data,
             "tk_python3": "/usr/bin/python3",
@@ -180,7 +169,7 @@ class Site:
             "tk_templates": str(templates_dir()),
             "tk_proxy_dir": str(proxy_dir()),
             "tk_requirements": sorted({"supervisor", *proxy_requirements()}),
-            "tk_routes_vars": {"host": host.name, "routes": routes, "keys_file": None},
+            "tk_routes_vars": routes_variables(host.name, design.served),
             "tk_supervisord_vars": {"data_dir": data, "host": host.name},
             "tk_programs": programs,
         }

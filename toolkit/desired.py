@@ -343,6 +343,13 @@ def proxy_notices(play: Play, pair: TlsPair | None) -> list[str]:
 def render_routes(
     ctx: HostContext, served: list[Served], keys_file: str | None = None, tls: dict | None = None
 ) -> str:
+    return render("routes.yml.j2", **routes_variables(ctx.host.name, served, keys_file, tls))
+
+
+def routes_variables(
+    host: str, served: list[Served], keys_file: str | None = None, tls: dict | None = None
+) -> dict:
+    """The routes template's variables (bench/fleet.py hands the same to Ansible)."""
     routes = [
         {
             "name": item.model.name,
@@ -352,13 +359,7 @@ def render_routes(
         }
         for item in served
     ]
-    return render(
-        "routes.yml.j2",
-        host=ctx.host.name,
-        routes=routes,
-        keys_file=keys_file,
-        tls=tls,
-    )
+    return {"host": host, "routes": routes, "keys_file": keys_file, "tls": tls}
 
 
 def health_spec(design: HostDesign, deadline_s: float = 300) -> str:
