@@ -1,6 +1,6 @@
 """The POSIX shell functions every script toolkit runs on a host can use.
 
-``tk_sha`` hashes small files; ``tk_sha_big`` hashes models with openssl or Python when they are
+``tk_sha`` hashes a small file, ``tk_shas DIR NAME...`` many in one process; ``tk_sha_big`` hashes models with openssl or Python when they are
 there (for 1 GiB on our machines, coreutils' sha256sum took 8.9 s, openssl 1.4 s: no SHA
 extensions in coreutils); ``tk_stat`` prints "size mtime" on GNU and BSD systems alike;
 ``tk_http_get URL`` prints a body with curl, wget or python3 (whichever the host has; nothing
@@ -17,6 +17,13 @@ tk_sha() {
   if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | cut -d' ' -f1
   elif command -v shasum >/dev/null 2>&1; then shasum -a 256 "$1" | cut -d' ' -f1
   else openssl dgst -sha256 "$1" | sed 's/.*= //'; fi
+}
+tk_shas() {  # DIR NAME...: "<sha256>  <name>" for each file there, in one process
+  tk_d=$1; shift
+  ( cd "$tk_d" 2>/dev/null || exit 0
+    if command -v sha256sum >/dev/null 2>&1; then sha256sum -- "$@" 2>/dev/null
+    elif command -v shasum >/dev/null 2>&1; then shasum -a 256 -- "$@" 2>/dev/null
+    else for f; do [ -f "$f" ] && printf '%s  %s\n' "$(tk_sha "$f")" "$f"; done; fi; true )
 }
 tk_sha_big() {
   if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 "$1" | sed 's/.*= //'

@@ -75,13 +75,14 @@ class Tree(Resource):
         self.mode = mode
 
     def probe(self, options: RunOptions) -> str:
-        return "; ".join(
-            f'printf "%s %s\\n" {quote(name)} "$(tk_sha "$TK_DATA"/{quote(self.relpath + "/" + name)})"'
-            for name in sorted(self.files)
-        )
+        names = " ".join(quote(name) for name in sorted(self.files))
+        return f'tk_shas "$TK_DATA"/{quote(self.relpath)} {names}'
 
     def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
-        current = dict(line.split(" ", 1) for line in observed.splitlines() if " " in line)
+        current = {}  # name -> sha256, from tk_shas' "<sha256>  <name>" lines
+        for line in observed.splitlines():
+            digest, _, name = line.partition("  ")
+            current[name] = digest
         stale = [
             name
             for name, content in sorted(self.files.items())

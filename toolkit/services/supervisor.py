@@ -6,6 +6,9 @@ its whole process group (stopasgroup/killasgroup), so no engine child outlives i
 
 from __future__ import annotations
 
+import xml.parsers.expat
+import xmlrpc.client
+
 from toolkit.errors import ToolkitError
 from toolkit.hosts.connection import quote
 from toolkit.services import manifest
@@ -18,6 +21,8 @@ from toolkit.services.manager import (
 )
 
 CONF = "supervisor/supervisord.conf"
+SOCKET = "run/supervisor.sock"  # as templates/supervisord.conf.j2 puts it
+_ALL_PROCESS_INFO = xmlrpc.client.dumps((), "supervisor.getAllProcessInfo")
 _CTL = '"$TK_DATA/venv/bin/supervisorctl" -c "$TK_DATA/supervisor/supervisord.conf"'
 
 # `supervisorctl status` lines ("NAME  RUNNING  pid 12, uptime 1 day, 0:00:05") on stdin, and
@@ -98,11 +103,29 @@ class Supervisor(ServiceManager):
         return files + [manifest.definition(self, services, data_dir)]
 
     def probe(self, services: list[Service]) -> str:
-        return f'[ -x "$TK_DATA/venv/bin/supervisorctl" ] && {_CTL} status 2>&1; true'
+        # supervisord's XML-RPC on its socket through curl when the host has it: ~5 ms, where
+        # supervisorctl (a Python start and its imports) took ~75 ms of a no-op's ~250 ms probe
+        return (
+            f'if [ -S "$TK_DATA/{SOCKET}" ] && command -v curl >/dev/null 2>&1; then '
+            f'curl -s --max-time 10 --unix-socket "$TK_DATA/{SOCKET}" '
+            f"-H 'Content-Type: text/xml' --data {quote(_ALL_PROCESS_INFO)} http://localhost/RPC2; "
+            f'elif [ -x "$TK_DATA/venv/bin/supervisorctl" ]; then {_CTL} status 2>&1; fi; true'
+        )
 
     def parse_status(self, observed: str, services: list[Service]) -> ServiceStatus:
+        """From the probe: supervisord's getAllProcessInfo answer, or supervisorctl's lines."""
         names = {s.name for s in services}
         status = ServiceStatus(daemon_up=False)
+        if observed.lstrip().startswith("<?xml"):
+            try:
+                [processes], _ = xmlrpc.client.loads(observed.strip())
+            except (xmlrpc.client.Error, ValueError, xml.parsers.expat.ExpatError):
+                return status  # not an answer: as if supervisord were down (start it)
+            status.daemon_up = True
+            for process in processes:
+                if process["name"] in names and process["statename"] in ("RUNNING", "STARTING"):
+                    status.running.add(process["name"])
+            return status
         for line in observed.splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[1].isupper() and parts[1].isalpha():
