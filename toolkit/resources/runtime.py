@@ -5,14 +5,15 @@ Its contents are built on the workstation, once per platform, and shipped as one
 (``venv_bundle.py``): the host does no resolving, downloading or compiling, and needs no
 internet. Only when the workstation cannot resolve the requirements for the host's platform (no
 binary wheels for it, no index reachable from the workstation) does a host with internet run
-``pip install`` itself; an offline host fails instead, saying why.
+``pip install`` itself; an offline host fails instead, saying why. The workstation itself (a
+local host) installs with pip straight into its venv: there is nothing to ship.
 """
 
 from __future__ import annotations
 
 from toolkit.assets import proxy_dir
 from toolkit.errors import ToolkitError
-from toolkit.hosts.connection import CommandFailed, quote
+from toolkit.hosts.connection import CommandFailed, LocalConnection, quote
 from toolkit.offline import is_offline
 from toolkit.resources import venv_bundle, wheelhouse
 from toolkit.resources.base import Change, HostContext, Resource, RunOptions
@@ -92,6 +93,11 @@ def built_bundle(
 ) -> venv_bundle.Bundle | None:
     """The bundle for this host's platform (asked of its python3), resolved and built on the
     workstation; None when that fails and the host may use the index itself."""
+    if isinstance(ctx.conn, LocalConnection) and not is_offline(ctx.vars):
+        # This machine is the workstation: pip installs straight into the venv with its own
+        # cache; a bundle would add a pack and an unpack (13.0 s for the quick start's first
+        # apply against 10.9 s with pip, fresh caches both).
+        return None
     probe = ctx.conn.check(wheelhouse.platform_probe(python), "reading the host's python platform")
     platform = wheelhouse.parse_platform(probe.stdout)
     try:
