@@ -15,7 +15,6 @@ from pathlib import Path
 from tests.sshbed import SSHBed
 from toolkit.engine import probe_script, split_probe
 from toolkit.hosts.facts import parse_facts
-from toolkit.hosts.ssh import SSHConnection
 from toolkit.inventory import Host
 from toolkit.relay.fanout import Fanout
 from toolkit.resources.base import HostContext, RunOptions
@@ -50,15 +49,7 @@ def host_contexts(bed: SSHBed) -> list[HostContext]:
     """One connected HostContext per host of the bed, its facts probed as apply does."""
     contexts = []
     for bed_host in bed.hosts:
-        conn = SSHConnection(
-            name=bed_host.name,
-            address=bed_host.address,
-            port=bed_host.port,
-            user=bed_host.user,
-            key_file=bed_host.key_file,
-            known_hosts=bed_host.known_hosts,
-            ssh_config="none",
-        )
+        conn = bed_host.connect()
         out = conn.run(probe_script(None, [], RunOptions()), timeout=60)
         facts = parse_facts(split_probe(out.stdout)[0])
         contexts.append(

@@ -117,6 +117,22 @@ class BedHost:
             "ansible_ssh_private_key_file": str(self.key_file),
         }
 
+    def connect(self, **options):
+        """An SSHConnection to this host with its key and known_hosts (no ssh_config read)."""
+        from toolkit.hosts.ssh import SSHConnection
+
+        settings = {
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "user": self.user,
+            "key_file": self.key_file,
+            "known_hosts": self.known_hosts,
+            "connect_timeout": 10.0,
+            "ssh_config": "none",
+        }
+        return SSHConnection(**{**settings, **options})
+
     def logins(self) -> int:
         """How many SSH logins sshd has accepted so far."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""

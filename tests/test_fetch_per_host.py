@@ -61,15 +61,7 @@ class RecordingConnection:
 def host(ssh_hosts) -> Iterator[tuple[SSHConnection, str]]:
     """An SSH connection to a bed host, and a data dir of this test's own on it."""
     bed_host = ssh_hosts[0]
-    conn = SSHConnection(
-        name=bed_host.name,
-        address=bed_host.address,
-        port=bed_host.port,
-        user=bed_host.user,
-        key_file=bed_host.key_file,
-        known_hosts=bed_host.known_hosts,
-        ssh_config="none",
-    )
+    conn = bed_host.connect()
     data_dir = str(bed_host.home / f"perhost-{secrets.token_hex(4)}")
     try:
         yield conn, data_dir

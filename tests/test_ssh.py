@@ -27,17 +27,7 @@ from toolkit.inventory import Host, load_inventory
 
 
 def open_ssh(host: BedHost, **options) -> SSHConnection:
-    settings = {
-        "name": host.name,
-        "address": host.address,
-        "port": host.port,
-        "user": host.user,
-        "key_file": host.key_file,
-        "known_hosts": host.known_hosts,
-        "connect_timeout": 10.0,
-    }
-    settings.update(options)
-    return SSHConnection(**settings)
+    return host.connect(ssh_config=None, **options)  # as before: the default ssh_config lookup
 
 
 def host_with_sudo(hosts: list[BedHost], kind: str) -> BedHost:
