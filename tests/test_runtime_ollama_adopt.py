@@ -168,6 +168,16 @@ def test_a_running_ollama_not_on_path_is_adopted_used_and_left_running(
         assert daemon.proc.poll() is None  # not toolkit's to stop
         assert httpx.get(f"{daemon.url}/api/version", timeout=10).json() == {"version": VERSION}
         assert not ws.processes()  # its own proxy did stop
+
+        # `install: present` and the adopted daemon gone: apply is refused, down still works
+        ws.write_playbook(play(proxy_port, {"install": "present"}, [imported, PULLED]))
+        assert ws.apply().returncode == 0  # the proxy up again
+        daemon.stop()
+        refused = ws.apply()
+        assert refused.returncode != 0 and "no Ollama answer" in refused.stdout, refused.stdout
+        gone = ws.down()
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not ws.processes()
     finally:
         ws.down()
         ws.kill_leftovers()
@@ -202,8 +212,11 @@ def test_present_without_binary_or_daemon_says_where_it_looked():
     from toolkit.site import RuntimeSpec
 
     facts = Facts(os="Linux", arch="x86_64", probed={"ollama_daemon": "http://127.0.0.1:11434 -"})
+    missing = Ollama().resolve(RuntimeSpec("ollama", "present", {}), facts, "/d")
+    # refused when the host is planned, so that `down` can still design the host
+    [refusal] = missing.resources
     with pytest.raises(ToolkitError) as caught:
-        Ollama().resolve(RuntimeSpec("ollama", "present", {}), facts, "/d")
+        refusal.plan("", None, set())
     message = str(caught.value)
     assert "no Ollama answering http://127.0.0.1:11434/api/version" in message, message
     assert "runtimes.ollama.url" in message and "install: release" in message, message

@@ -52,6 +52,7 @@ GITHUB = "https://github.com"
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 HELPER = Path(__file__).with_name("ollama_models.py")
 HELPER_RELPATH = "bin/ollama_models.py"
+DEFAULT_URL = "http://127.0.0.1:11434"  # where Ollama listens unless told otherwise
 HEALTH_PATH = "/api/version"
 # name[:tag], with an optional namespace or registry path before the name (library/x, hf.co/u/r)
 # OLLAMA_HOST's form: [http[s]://]host[:port][/path]
@@ -246,14 +247,19 @@ class Ollama(Runtime):
         where = "runtimes.ollama.url" if conf.get("url") else "$OLLAMA_HOST, else 127.0.0.1:11434"
         if version is None:
             tried = f"{url}{HEALTH_PATH}" if url else "its address"
-            raise ToolkitError(
+            # Refused when the host is planned, not here: `toolkit down` designs the host too,
+            # and must still stop toolkit's own proxy when the daemon it adopted has gone.
+            missing = Install("present", "no Ollama answering")
+            missing.resources.append(Refusal(
                 f"Ollama install: present, but no ollama on PATH and no Ollama answering "
                 f"{tried} ({where}); start that Ollama, set runtimes.ollama.url (a running "
                 "one) or path (a binary), or use install: release"
                 if not conf.get("url")
                 else f"Ollama install: no Ollama answers {tried} ({where}); start it, or fix "
                 "runtimes.ollama.url"
-            )
+            ))  # fmt: skip
+            missing.details.update(url=url or DEFAULT_URL, adopted=True, version=None)
+            return missing
         why = "runtimes.ollama.url" if conf.get("url") else "no ollama on PATH"
         install = Install(
             "present",
@@ -445,6 +451,18 @@ class PullProgress:
                     self.bars[layer] = self.ctx.progress(f"{self.label}: {status}".rstrip(": "))
                 if self.bars[layer]:
                     self.bars[layer](int(event.get("completed") or 0), event["total"])
+
+
+class Refusal(Resource):
+    """What the facts already rule out, refused when the host is planned (before any change)."""
+
+    id = "ollama:daemon"
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def plan(self, observed: str, ctx: HostContext, pending: set[str]) -> Change | None:
+        raise ToolkitError(self.message)
 
 
 class DaemonUser(Resource):
