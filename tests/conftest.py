@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -22,17 +23,35 @@ GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
-    """A loopback port free now and never handed out before in this run: two services given
-    the same port would collide when the second starts."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
+def free_port(span: int = 8) -> int:
+    """A loopback port free now, with the ``span - 1`` after it (toolkit puts engines on the
+    ports after the proxy's), never handed out before in this run. Taken below the kernel's
+    ephemeral range: a port from that range may meanwhile become the local end of some outgoing
+    connection, and a service started there later fails with "Address already in use"."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(20000, low - span)
+        block = range(port, port + span)
+        if _HANDED_OUT.isdisjoint(block) and all(_bindable(p) for p in block):
+            _HANDED_OUT.update(block)
             return port
-    raise RuntimeError("no loopback port left that was not handed out already")
+    raise RuntimeError("no block of free loopback ports below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def refusing_port() -> socket.socket:
