@@ -296,14 +296,19 @@ class Engine:
         data_dir = checked_data_dir(variables.get("toolkit_data_dir"))
         cached = self.facts_cache.load(host, data_dir)
         offline = is_offline(variables)
+
+        def probe_for(design: HostDesign | None) -> tuple[Facts, dict[int, str]]:
+            """One round trip: facts, the design's resources and, unless --check, health."""
+            if design is None:
+                return self.probe(conn, data_dir, [], None, play)
+            verify = None if self.options.check else health_spec(design, 0)
+            return self.probe(conn, data_dir, design.resources, verify, play)
+
         design = design_host(play, host, cached, offline=offline) if cached else None
-        verify = None if self.options.check or design is None else health_spec(design, 0)
-        resources = design.resources if design else []
-        facts, observed = self.probe(conn, data_dir, resources, verify, play)
+        facts, observed = probe_for(design)
         if design is None or design_key(facts) != design_key(cached):
             design = design_host(play, host, facts, offline=offline)
-            verify = None if self.options.check else health_spec(design, 0)
-            facts, observed = self.probe(conn, data_dir, design.resources, verify, play)
+            facts, observed = probe_for(design)
         self.facts_cache.save(host, data_dir, facts)
         checked_data_dir(facts.data_dir)  # also when it comes from $HOME
         check_service_values(design)
@@ -328,8 +333,7 @@ class Engine:
             # the changed engines go to their other slot, beside or after the old ones
             fits = switch_fits(play.models, switching, facts, play.max_memory_gb)
             design = design_host(play, host, facts, switching, switch_mode(fits), offline=offline)
-            verify = None if self.options.check else health_spec(design, 0)
-            facts, observed = self.probe(conn, data_dir, design.resources, verify, play)
+            facts, observed = probe_for(design)
             check_service_values(design)
             result.facts = ctx.facts = facts
             result.design = design
